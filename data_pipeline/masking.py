@@ -1,0 +1,111 @@
+"""Per-sample condition masks of the omni-conditions training strategy (OmniHuman-1, section 3.3).
+
+Each training sample activates each condition independently with the stage's training ratio, but only
+among the conditions its data supports (Principle 1: data filtered out of the audio and pose tasks still
+trains the weaker text and reference tasks). An ineligible condition is never active. Principle 2 (the
+stronger the condition, the lower its ratio) is checked by `principle2_warnings`.
+
+Conditions, in the order of docs/design.md: text, reference, audio, pose, motion.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import Any
+
+import numpy as np
+
+CONDITIONS: tuple[str, ...] = ("text", "reference", "audio", "pose", "motion")
+# Motion-related conditions from weak to strong (section 3.3); motion frames are not in this order.
+STRENGTH_ORDER: tuple[str, ...] = ("text", "reference", "audio", "pose")
+MIN_MOTION_LATENT_FRAMES = 2  # motion frames are latent frames 0 and 1
+
+# Salts keep the random streams of one sample independent of each other.
+SALT_MASK = 0
+SALT_REFERENCE = 1
+SALT_DATA = 2
+
+
+def sample_rng(seed: int, sample_index: int, salt: int = SALT_MASK) -> np.random.Generator:
+    """A generator that depends only on (seed, sample index, salt): the same draw on every host and resume."""
+    return np.random.default_rng([int(seed) & 0xFFFFFFFF, int(sample_index), int(salt)])
+
+
+def ratios_vector(ratios: Mapping[str, float]) -> np.ndarray:
+    """The (5,) float64 ratios in CONDITIONS order, validated to lie in [0, 1]."""
+    missing = [c for c in CONDITIONS if c not in ratios]
+    if missing:
+        raise ValueError(f"condition_ratios is missing {missing}; it needs all of {list(CONDITIONS)}")
+    values = np.array([float(ratios[c]) for c in CONDITIONS])
+    bad = [c for c, v in zip(CONDITIONS, values, strict=True) if not 0.0 <= v <= 1.0]
+    if bad:
+        raise ValueError(f"condition_ratios {bad} must lie in [0, 1], got {dict(ratios)}")
+    return values
+
+
+def eligibility(
+    *,
+    text_mask: np.ndarray,
+    audio_eligible: bool,
+    pose_eligible: bool,
+    latent_frames: int,
+) -> np.ndarray:
+    """(5,) bool: which conditions a sample can take, in CONDITIONS order.
+
+    Text needs at least one valid token; the reference is always available; audio and pose follow the
+    record's eligibility flags; motion frames need `MIN_MOTION_LATENT_FRAMES` latent frames.
+    """
+    return np.array(
+        [
+            bool(np.any(text_mask)),
+            True,
+            bool(audio_eligible),
+            bool(pose_eligible),
+            latent_frames >= MIN_MOTION_LATENT_FRAMES,
+        ]
+    )
+
+
+def eligibility_from_record(record: Mapping[str, Any], latent_frames: int) -> np.ndarray:
+    """`eligibility` of a decoded dataset record."""
+    return eligibility(
+        text_mask=np.asarray(record["text_mask"]),
+        audio_eligible=bool(record["audio_eligible"]),
+        pose_eligible=bool(record["pose_eligible"]),
+        latent_frames=latent_frames,
+    )
+
+
+def draw_condition_mask(ratios: np.ndarray, eligible: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """(5,) bool: condition c is active with probability ratios[c] when eligible, never otherwise.
+
+    All five uniforms are always drawn, so one condition's eligibility does not shift another's draw.
+    """
+    u = rng.random(len(CONDITIONS))  # (5,)
+    return (u < ratios) & eligible
+
+
+def sample_condition_mask(
+    seed: int, sample_index: int, ratios: np.ndarray, eligible: np.ndarray
+) -> np.ndarray:
+    """The condition mask of one sample, deterministic from (seed, sample index)."""
+    return draw_condition_mask(ratios, eligible, sample_rng(seed, sample_index, SALT_MASK))
+
+
+def principle2_warnings(ratios: Mapping[str, float]) -> list[str]:
+    """Warnings for each pair where a stronger condition trains more often than a weaker one.
+
+    Principle 2 of section 3.3: with the order text > reference > audio > pose (weak to strong), each
+    condition's ratio should not exceed the ratio of any weaker condition. A ratio of 0 means the stage
+    does not train that condition and is not flagged.
+    """
+    warnings: list[str] = []
+    for i, weak in enumerate(STRENGTH_ORDER):
+        for strong in STRENGTH_ORDER[i + 1 :]:
+            r_weak, r_strong = float(ratios[weak]), float(ratios[strong])
+            if r_strong > 0 and r_strong > r_weak:
+                warnings.append(
+                    f"Principle 2: {strong} ratio {r_strong:g} exceeds the weaker {weak} ratio {r_weak:g}; "
+                    f"the model will lean on {strong} and {weak} will learn poorly (OmniHuman-1, section 3.3)"
+                )
+    return warnings

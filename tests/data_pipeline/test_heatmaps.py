@@ -1,0 +1,62 @@
+"""Pose heatmaps: shape, blob placement, confidence weighting and parity with a per-pixel loop."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from data_pipeline.heatmaps import GROUPS, NUM_CHANNELS, render_heatmaps
+
+
+def _channel_of(k: int) -> int:
+    if k < 17:
+        return k
+    return next(17 + g for g, (_, start, stop) in enumerate(GROUPS) if start <= k < stop)
+
+
+def _reference_render(kp: np.ndarray, h: int, w: int, sigma: float) -> np.ndarray:
+    """Plain loop: each keypoint adds conf * exp(-d^2 / 2 sigma^2) to its channel, then clip."""
+    out = np.zeros((kp.shape[0], h, w, NUM_CHANNELS), np.float64)
+    yy, xx = np.meshgrid(np.arange(h) + 0.5, np.arange(w) + 0.5, indexing="ij")
+    for f in range(kp.shape[0]):
+        for k in range(kp.shape[1]):
+            x, y, c = kp[f, k]
+            d2 = (xx - x * w) ** 2 + (yy - y * h) ** 2
+            out[f, :, :, _channel_of(k)] += max(c, 0.0) * np.exp(-d2 / (2 * sigma**2))
+    return np.clip(out, 0, 1)
+
+
+def test_render_heatmaps_vs_reference():
+    rng = np.random.default_rng(0)
+    kp = rng.random((2, 133, 3)).astype(np.float32)
+    got = render_heatmaps(kp, 12, 10, sigma=1.5)
+    want = _reference_render(kp.astype(np.float64), 12, 10, 1.5)
+    err = np.abs(got - want).max()
+    assert got.shape == (2, 12, 10, 21) and got.dtype == np.float32
+    assert err < 1e-5, f"max error {err}"
+
+
+def test_blob_peaks_at_keypoint_and_scales_with_confidence():
+    kp = np.zeros((1, 133, 3), np.float32)
+    kp[0, 5] = (0.25, 0.75, 0.6)  # body joint 5 at pixel column 2 (of 8), row 12 (of 16), conf 0.6
+    hm = render_heatmaps(kp, 16, 8, sigma=1.0)
+    ch = hm[0, :, :, 5]
+    assert np.unravel_index(ch.argmax(), ch.shape) in {(11, 1), (11, 2), (12, 1), (12, 2)}
+    assert ch.max() <= 0.6 + 1e-6 and ch.max() > 0.3
+    others = np.delete(hm[0], 5, axis=-1)
+    assert others.max() == 0.0, "a zero-confidence keypoint drew a blob"
+
+
+def test_right_hand_points_land_in_last_channel_and_nan_is_absent():
+    kp = np.zeros((1, 133, 3), np.float32)
+    kp[0, 120] = (0.5, 0.5, 1.0)
+    kp[0, 0] = (np.nan, 0.5, 1.0)
+    hm = render_heatmaps(kp, 8, 8)
+    assert hm[0, ..., 20].max() > 0.5
+    assert hm[0, ..., :20].max() == 0.0
+    assert np.all(np.isfinite(hm))
+
+
+def test_render_heatmaps_rejects_wrong_keypoint_shape():
+    with pytest.raises(ValueError, match="133"):
+        render_heatmaps(np.zeros((2, 17, 3)), 8, 8)
