@@ -2,7 +2,8 @@
 
 Stages follow section 3.3 of the OmniHuman-1 paper: stage 1 trains text + reference, stage 2 adds audio,
 stage 3 adds pose. Condition ratios default to the paper's ablations (section 4.3): reference 0.7,
-audio 0.5, pose 0.5, text higher than reference (Principle 2: the stronger the condition, the lower its ratio).
+audio 0.5, pose 0.5, text higher than reference (Principle 2: the stronger the condition, the lower
+its ratio).
 """
 
 from __future__ import annotations
@@ -115,6 +116,12 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
                 ("conv_out", None),
                 ("norm", None),
                 ("null", None),
+                ("layers", None),
+                ("act_batch", ("data", "fsdp")),
+                ("act_length", None),
+                ("act_embed", None),
+                ("act_mlp", "tensor"),
+                ("act_heads", "tensor"),
             )
         )
     )
@@ -127,9 +134,7 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             init_from="",  # an earlier stage's workdir or checkpoint: matching params load
         )
     )
-    cfg.metrics = ml_collections.ConfigDict(
-        dict(every_steps=1, peak_flops_per_device=0.0, tensorboard=True)
-    )
+    cfg.metrics = ml_collections.ConfigDict(dict(every_steps=1, peak_flops_per_device=0.0, tensorboard=True))
 
     cfg.data = ml_collections.ConfigDict(
         dict(

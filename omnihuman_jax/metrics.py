@@ -1,0 +1,81 @@
+"""Metric writers: console, TensorBoard event files and WORKDIR/metrics.jsonl (one JSON object per line).
+
+Also measures a device's matmul peak, the denominator of MFU when the config gives none.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from typing import Any
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+
+class MetricWriter:
+    def __init__(self, workdir: str, tensorboard: bool = True, is_primary: bool = True):
+        self.is_primary = is_primary
+        self.path = os.path.join(workdir, "metrics.jsonl")
+        self._tb = None
+        if is_primary:
+            os.makedirs(workdir, exist_ok=True)
+            if tensorboard:
+                from tensorboardX import SummaryWriter
+
+                self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
+
+    def write(self, step: int, scalars: dict[str, Any]) -> None:
+        if not self.is_primary:
+            return
+        clean = {k: _to_py(v) for k, v in scalars.items()}
+        record = {"step": int(step), **clean}
+        with open(self.path, "a") as f:
+            f.write(json.dumps(record) + "\n")
+        if self._tb is not None:
+            for k, v in clean.items():
+                if isinstance(v, float | int) and math.isfinite(v):
+                    self._tb.add_scalar(k, v, step)
+            self._tb.flush()
+        shown = " ".join(f"{k}={_fmt(v)}" for k, v in clean.items() if not k.startswith("loss_t"))
+        print(f"step {step}: {shown}", flush=True)
+
+    def close(self) -> None:
+        if self._tb is not None:
+            self._tb.close()
+
+
+def _to_py(v: Any) -> Any:
+    v = np.asarray(v)
+    if v.ndim == 0:
+        return v.item()
+    return v.tolist()
+
+
+def _fmt(v: Any) -> str:
+    return f"{v:.4g}" if isinstance(v, float) else str(v)
+
+
+def bucket_losses(sums: np.ndarray, counts: np.ndarray) -> dict[str, float]:
+    """Per-timestep-bucket mean losses, for buckets that had samples."""
+    n = len(sums)
+    return {
+        f"loss_t{i}of{n}": float(s / c) for i, (s, c) in enumerate(zip(sums, counts, strict=True)) if c > 0
+    }
+
+
+def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5, device=None) -> float:
+    """FLOP/s of a square matmul on one device: the MFU denominator on machines without a spec sheet."""
+    device = device or jax.devices()[0]
+    a = jax.device_put(jnp.ones((n, n), dtype), device)
+    f = jax.jit(lambda x: x @ x)
+    f(a).block_until_ready()
+    best = float("inf")
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        f(a).block_until_ready()
+        best = min(best, time.perf_counter() - t0)
+    return 2 * n**3 / best

@@ -1,0 +1,136 @@
+"""Train state, optimiser and sharded initialisation.
+
+optax AdamW with linear warmup then cosine decay and global-norm clipping; an EMA of the parameters;
+fp32 master parameters. The state is initialised under `jax.jit` with out_shardings taken from the
+parameters' logical axis names, so no device ever holds an unsharded copy.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import flax.linen as nn
+import flax.struct
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from omnihuman_jax import sharding as shd
+
+
+@flax.struct.dataclass
+class TrainState:
+    step: jax.Array  # () int32
+    params: Any
+    opt_state: Any
+    ema_params: Any
+    nonfinite_streak: jax.Array  # () int32: consecutive skipped (non-finite) steps
+    nonfinite_total: jax.Array  # () int32
+
+
+def lr_schedule(opt_cfg: Any, total_steps: int) -> optax.Schedule:
+    decay = opt_cfg.decay_steps or max(total_steps, opt_cfg.warmup_steps + 1)
+    return optax.warmup_cosine_decay_schedule(
+        init_value=0.0,
+        peak_value=opt_cfg.lr,
+        warmup_steps=opt_cfg.warmup_steps,
+        decay_steps=decay,
+        end_value=opt_cfg.lr * opt_cfg.end_lr_factor,
+    )
+
+
+def _decay_mask(params: Any) -> Any:
+    """Weight decay on matrices and convolution kernels only, not on biases and norm scales."""
+    return jax.tree.map(lambda p: p.ndim >= 2, params)
+
+
+def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformation:
+    return optax.chain(
+        optax.clip_by_global_norm(opt_cfg.grad_clip),
+        optax.adamw(
+            lr_schedule(opt_cfg, total_steps),
+            b1=opt_cfg.b1,
+            b2=opt_cfg.b2,
+            eps=opt_cfg.eps,
+            weight_decay=opt_cfg.weight_decay,
+            mask=_decay_mask,
+        ),
+    )
+
+
+def init_train_state(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    sample_inputs: dict[str, Any],
+    seed: int,
+    mesh: Mesh,
+    rules,
+) -> tuple[TrainState, TrainState]:
+    """Returns (state, state_shardings). Params are created directly in their mesh sharding."""
+    batch = sample_inputs["noisy_latents"].shape[0]
+
+    def boxed_params(rng):
+        return model.init(rng, sample_inputs, jnp.zeros((batch,)))["params"]
+
+    def init_fn(rng):
+        params = nn.unbox(boxed_params(rng))
+        return TrainState(
+            step=jnp.zeros((), jnp.int32),
+            params=params,
+            opt_state=optimizer.init(params),
+            ema_params=params,
+            nonfinite_streak=jnp.zeros((), jnp.int32),
+            nonfinite_total=jnp.zeros((), jnp.int32),
+        )
+
+    rng = jax.random.key(seed)
+    with jax.set_mesh(mesh), nn.logical_axis_rules(shd.rules_tuple(rules)):
+        param_sh = shd.logical_to_sharding(jax.eval_shape(boxed_params, rng), mesh, rules)
+        shardings = state_shardings(jax.eval_shape(init_fn, rng), param_sh, mesh)
+        state = jax.jit(init_fn, out_shardings=shardings)(rng)
+    return state, shardings
+
+
+def param_shardings(model: nn.Module, sample_inputs: dict[str, Any], mesh: Mesh, rules) -> Any:
+    """Param shardings from the model's logical axis names, without materialising params."""
+    batch = sample_inputs["noisy_latents"].shape[0]
+    with nn.logical_axis_rules(shd.rules_tuple(rules)):
+        boxed = jax.eval_shape(
+            lambda r: model.init(r, sample_inputs, jnp.zeros((batch,)))["params"], jax.random.key(0)
+        )
+        return shd.logical_to_sharding(boxed, mesh, rules)
+
+
+def state_shardings(abstract_state: TrainState, param_sh: Any, mesh: Mesh) -> TrainState:
+    """Shardings for every leaf: params, EMA and the Adam moments follow the params' logical names."""
+    rep = shd.replicated(mesh)
+    param_struct = jax.tree_util.tree_structure(abstract_state.params)
+    return TrainState(
+        step=rep,
+        params=param_sh,
+        opt_state=_map_param_like(abstract_state.opt_state, param_struct, lambda _: param_sh, rep),
+        ema_params=param_sh,
+        nonfinite_streak=rep,
+        nonfinite_total=rep,
+    )
+
+
+def _map_param_like(tree, param_struct, assign, rep):
+    """Walks optimizer state (tuples / namedtuples) and assigns param shardings to param-shaped trees."""
+    if jax.tree_util.tree_structure(tree) == param_struct:
+        return assign(tree)
+    if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+        return type(tree)(*(_map_param_like(x, param_struct, assign, rep) for x in tree))
+    if isinstance(tree, tuple | list):
+        return type(tree)(_map_param_like(x, param_struct, assign, rep) for x in tree)
+    if isinstance(tree, dict):
+        return {k: _map_param_like(v, param_struct, assign, rep) for k, v in tree.items()}
+    return jax.tree.map(lambda _: rep, tree)
+
+
+def abstract_state(state_or_fn, shardings: TrainState) -> TrainState:
+    """ShapeDtypeStructs carrying shardings, for restoring onto a (possibly different) mesh."""
+    return jax.tree.map(
+        lambda x, s: jax.ShapeDtypeStruct(x.shape, x.dtype, sharding=s), state_or_fn, shardings
+    )

@@ -1,0 +1,151 @@
+"""The flow-matching train step: sharded, jitted, with gradient accumulation, EMA and a NaN guard.
+
+One call is one optimiser update. RNG comes from (seed, step) only, so a resumed run draws exactly the
+timesteps and noise an uninterrupted run would. A step whose loss or gradient is non-finite leaves params,
+EMA and optimiser state untouched and is counted in the state and in the metrics.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import optax
+from jax.sharding import Mesh
+
+from omnihuman_jax import flow_matching as fm
+from omnihuman_jax import sharding as shd
+from omnihuman_jax.conditions import INDEX, model_inputs
+from omnihuman_jax.train_state import TrainState
+
+Batch = dict[str, jax.Array]
+
+
+def step_rng(seed: int, step: jax.Array) -> jax.Array:
+    return jax.random.fold_in(jax.random.key(seed), step)
+
+
+def make_loss_fn(model: nn.Module, config: Any, shift: float) -> Callable:
+    flow = config.flow
+
+    def loss_fn(params, batch: Batch, rng: jax.Array):
+        latents = batch["latents"]  # (B, T, h, w, C)
+        k_t, k_n = jax.random.split(rng)
+        t = fm.sample_timesteps(k_t, latents.shape[0], flow.logit_mean, flow.logit_std, shift)  # (B,)
+        noise = jax.random.normal(k_n, latents.shape, jnp.float32)
+        x_t = fm.interpolate(latents, noise, t)
+        pred = model.apply({"params": params}, model_inputs(batch, x_t), t)
+        motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
+        per_sample = fm.per_sample_loss(pred, fm.velocity_target(latents, noise), motion)  # (B,)
+        loss = jnp.mean(per_sample * fm.loss_weight(t, flow.loss_weighting))
+        return loss, (per_sample, t)
+
+    return loss_fn
+
+
+def _microbatches(batch: Batch, k: int) -> Batch:
+    """(B, ...) -> (k, B/k, ...) taking every k-th sample, so each microbatch spans all batch shards."""
+
+    def split(x):
+        if x.shape[0] % k:
+            raise ValueError(f"batch size {x.shape[0]} is not divisible by grad_accum_steps={k}")
+        return jnp.swapaxes(x.reshape(x.shape[0] // k, k, *x.shape[1:]), 0, 1)
+
+    return jax.tree.map(split, batch)
+
+
+def _grads(loss_fn: Callable, params, batch: Batch, rng: jax.Array, k: int):
+    grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
+    if k == 1:
+        (loss, (per, t)), grads = grad_fn(params, batch, rng)
+        return loss, grads, per, t
+
+    def body(acc, xs):
+        i, micro = xs
+        (loss, (per, t)), g = grad_fn(params, micro, jax.random.fold_in(rng, i))
+        acc = jax.tree.map(lambda a, b: a + b / k, acc, (loss, g))
+        return acc, (per, t)
+
+    zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
+    (loss, grads), (per, t) = jax.lax.scan(body, zero, (jnp.arange(k), _microbatches(batch, k)))
+    return loss, grads, per.reshape(-1), t.reshape(-1)
+
+
+def _bucket_metrics(per_sample: jax.Array, t: jax.Array, n: int) -> dict[str, jax.Array]:
+    bucket = jnp.clip((t * n).astype(jnp.int32), 0, n - 1)
+    onehot = jax.nn.one_hot(bucket, n)  # (B, n)
+    return {"loss_bucket_sum": per_sample @ onehot, "loss_bucket_count": onehot.sum(0)}
+
+
+def make_train_step(
+    model: nn.Module,
+    optimizer: optax.GradientTransformation,
+    config: Any,
+    shift: float,
+    lr_fn: optax.Schedule,
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """The pure (unjitted) step function."""
+    loss_fn = make_loss_fn(model, config, shift)
+    k = int(config.optimizer.grad_accum_steps)
+    ema_decay = float(config.optimizer.ema_decay)
+
+    def train_step(state: TrainState, batch: Batch):
+        rng = step_rng(config.seed, state.step)
+        loss, grads, per_sample, t = _grads(loss_fn, state.params, batch, rng, k)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        new_ema = jax.tree.map(
+            lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params
+        )
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)
+        new_state = TrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt, state.opt_state),
+            ema_params=keep(new_ema, state.ema_params),
+            nonfinite_streak=jnp.where(finite, 0, state.nonfinite_streak + 1),
+            nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+        )
+        metrics = {
+            "loss": loss,
+            "grad_norm": grad_norm,
+            "lr": lr_fn(state.step),
+            "nonfinite_total": new_state.nonfinite_total,
+            "nonfinite_streak": new_state.nonfinite_streak,
+            **_bucket_metrics(per_sample, t, config.flow.num_timestep_buckets),
+        }
+        return new_state, metrics
+
+    return train_step
+
+
+def jit_train_step(
+    step_fn: Callable, state_shardings: TrainState, batch_example: Batch, mesh: Mesh, rules
+) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
+    """jax.jit with in/out shardings and a donated state; traced under the mesh and logical rules."""
+    batch_sh = {k: shd.batch_sharding(mesh, jnp.ndim(v)) for k, v in batch_example.items()}
+    jitted = jax.jit(
+        step_fn,
+        in_shardings=(state_shardings, batch_sh),
+        out_shardings=(state_shardings, shd.replicated(mesh)),
+        donate_argnums=(0,),
+    )
+    rules_t = shd.rules_tuple(rules)
+
+    def call(state, batch):
+        with jax.set_mesh(mesh), nn.logical_axis_rules(rules_t):
+            return jitted(state, batch)
+
+    call.jitted = jitted
+    call.lower = lambda state, batch: _lower(jitted, mesh, rules_t, state, batch)
+    return call
+
+
+def _lower(jitted, mesh, rules_t, state, batch):
+    with jax.set_mesh(mesh), nn.logical_axis_rules(rules_t):
+        return jitted.lower(state, batch)
