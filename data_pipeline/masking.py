@@ -109,3 +109,38 @@ def principle2_warnings(ratios: Mapping[str, float]) -> list[str]:
                     f"the model will lean on {strong} and {weak} will learn poorly (OmniHuman-1, section 3.3)"
                 )
     return warnings
+
+
+def motion_latent_frames(motion_frames: int) -> int:
+    """Latent frames covering the first `motion_frames` video frames (5 video frames: latent frames 0, 1)."""
+    if motion_frames < 1:
+        raise ValueError(f"data.motion_frames must be >= 1, got {motion_frames}")
+    return 1 + -(-(motion_frames - 1) // 4)
+
+
+def apply_condition_mask(sample: dict[str, np.ndarray], mask: np.ndarray, motion_frames: int) -> None:
+    """Set `motion_mask` and zero every dropped condition of one sample, in place.
+
+    `sample` holds unbatched arrays: text_emb (L, D), text_mask (L,), optional text_pooled (D_pool,),
+    ref_latents (1, h, w, C) or ref_frame (1, H, W, 3), audio_feats (F, L_a, D_a), pose_heatmaps
+    (F, H', W', K) and motion_mask (T,). A dropped text keeps only its first token valid: the model's
+    null text (docs/design.md).
+    """
+    text, reference, audio, pose, motion = (bool(m) for m in mask)
+    if not text:
+        sample["text_emb"][...] = 0
+        sample["text_mask"][...] = False
+        sample["text_mask"][:1] = True
+        if "text_pooled" in sample:
+            sample["text_pooled"][...] = 0
+    if not reference:
+        for key in ("ref_latents", "ref_frame"):
+            if key in sample:
+                sample[key][...] = 0
+    if not audio:
+        sample["audio_feats"][...] = 0
+    if not pose:
+        sample["pose_heatmaps"][...] = 0
+    sample["motion_mask"][...] = False
+    if motion:
+        sample["motion_mask"][: motion_latent_frames(motion_frames)] = True
