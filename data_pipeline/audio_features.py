@@ -63,7 +63,10 @@ def window_average(
     hi = np.searchsorted(times, ends, side="left")
     count = (hi - lo).reshape(-1, 1)
     mean = (csum[hi] - csum[lo]) / np.maximum(count, 1)
-    nearest = np.clip(np.searchsorted(times, (starts + ends) / 2), 0, len(times) - 1)
+    centres = (starts + ends) / 2
+    right = np.clip(np.searchsorted(times, centres), 0, len(times) - 1)
+    left = np.maximum(right - 1, 0)
+    nearest = np.where(np.abs(times[left] - centres) <= np.abs(times[right] - centres), left, right)
     return np.where(count > 0, mean, features[nearest]).astype(np.float32)
 
 
