@@ -65,6 +65,7 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
     cfg.preset = preset
     cfg.seed = 0
     cfg.total_steps = 100
+    cfg.max_nonfinite_steps = 10  # consecutive non-finite steps before the job stops (0: never)
 
     cfg.model = model_config()
     cfg.model.update(PRESETS[preset]["model"])

@@ -29,7 +29,7 @@ PRESETS: dict[str, dict] = {
             pose_guider_channels=(8, 16),
             pose_feature_channels=4,
         ),
-        shape=dict(latent_frames=2, latent_height=8, latent_width=8, text_len=8),
+        shape=dict(latent_frames=3, latent_height=8, latent_width=8, text_len=8),
     ),
     # The CPU benchmark shape, matched to the diffusers HunyuanVideo model in benchmarks/.
     "small": dict(

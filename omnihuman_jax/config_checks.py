@@ -1,0 +1,81 @@
+"""Start-up validation of a run's config: every bad value fails with the key's name.
+
+Also applies Principle 2 of OmniHuman-1 (section 3.3): the stronger the condition, the lower its training
+ratio. A ratio order that breaks it (text >= reference >= audio >= pose) is reported as a warning.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from omnihuman_jax.conditions import CONDITIONS
+from omnihuman_jax.models.dit import DiTConfig
+from omnihuman_jax.sharding import MESH_AXES
+
+MOTION_ORDER = ("text", "reference", "audio", "pose")  # weakest to strongest motion condition
+
+
+class ConfigError(ValueError):
+    pass
+
+
+def _require(ok: bool, key: str, message: str) -> None:
+    if not ok:
+        raise ConfigError(f"config.{key}: {message}")
+
+
+def principle2_warnings(ratios: Any) -> list[str]:
+    out = []
+    for weak, strong in zip(MOTION_ORDER, MOTION_ORDER[1:], strict=False):
+        if ratios[strong] > ratios[weak]:
+            out.append(
+                f"condition_ratios.{strong}={ratios[strong]} exceeds condition_ratios.{weak}={ratios[weak]}: "
+                f"Principle 2 of OmniHuman trains a stronger condition at a lower ratio"
+            )
+    return out
+
+
+def validate_config(config: Any) -> list[str]:
+    """Raises ConfigError on a bad key or value; returns warnings."""
+    DiTConfig.from_config(config.model).validate()
+    for name in CONDITIONS:
+        _require(name in config.condition_ratios, f"condition_ratios.{name}", "missing")
+        r = config.condition_ratios[name]
+        _require(0.0 <= r <= 1.0, f"condition_ratios.{name}", f"{r} is not in [0, 1]")
+    unknown = sorted(set(config.condition_ratios) - set(CONDITIONS))
+    _require(not unknown, "condition_ratios", f"unknown conditions {unknown}; known: {list(CONDITIONS)}")
+    _require(config.stage in (1, 2, 3), "stage", f"{config.stage} is not 1, 2 or 3")
+    if config.stage == 1:
+        for name in ("audio", "pose"):
+            _require(
+                config.condition_ratios[name] == 0.0,
+                f"condition_ratios.{name}",
+                "stage 1 trains text + reference only (Principle 1); set it to 0 or use stage 2/3",
+            )
+    if config.stage == 2:
+        _require(
+            config.condition_ratios.pose == 0.0, "condition_ratios.pose", "stage 2 drops pose; use stage 3"
+        )
+    _require(config.total_steps > 0, "total_steps", "must be positive")
+    _require(config.batch_size > 0, "batch_size", "must be positive")
+    k = config.optimizer.grad_accum_steps
+    _require(
+        k >= 1 and config.batch_size % k == 0,
+        "optimizer.grad_accum_steps",
+        f"{k} must be >= 1 and divide batch_size={config.batch_size}",
+    )
+    _require(
+        set(config.mesh) == set(MESH_AXES), "mesh", f"axes must be {MESH_AXES}, got {sorted(config.mesh)}"
+    )
+    _require(config.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be positive")
+    _require(config.metrics.every_steps > 0, "metrics.every_steps", "must be positive")
+    _require(config.flow.logit_std > 0, "flow.logit_std", "must be positive")
+    _require(config.flow.shift > 0, "flow.shift", "must be positive")
+    s = config.shape
+    p = config.model.patch_size
+    _require(
+        s.latent_height % p == 0 and s.latent_width % p == 0,
+        "shape",
+        f"latent height/width must be multiples of model.patch_size={p}",
+    )
+    return principle2_warnings(config.condition_ratios)
