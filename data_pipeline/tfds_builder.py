@@ -14,11 +14,13 @@ order) the bucket, shape, mode and eligibility flags, so the grain pipeline plan
 decoding every record at start-up.
 
 Apache Beam (distributed builds). A TFDS builder whose `_generate_examples` returns a `beam.PTransform`
-runs as a Beam pipeline; apache-beam 2.77.0 publishes a CPython 3.11 manylinux wheel, so it is feasible,
-but it is not installed here and this builder is not wired for it: it would need a per-clip
-`featurize_clip(entry)` from `data_pipeline.featurize` so `_generate_examples` can become
-`beam.Create(manifest_entries) | beam.FlatMap(featurize_clip)`, with the VAE/wav2vec2/text encoders
-loaded once per worker (`beam.DoFn.setup`). The build would then be started with
+runs as a Beam pipeline. It is feasible: apache-beam 2.77.0 publishes a CPython 3.11 manylinux wheel
+(`pip download apache-beam` resolves it), and `data_pipeline.featurize.featurize_clip(entry, options)`
+is the per-entry function a Beam build needs. It is not wired here, because apache-beam is not installed
+in this environment and could not be tested: a Beam variant of `_ClipBuilderBase._generate_examples`
+would return `beam.Create(manifest_entries) | beam.FlatMap(featurize_clip, options)
+| beam.Filter(valid) | beam.Map(lambda r: (r["clip_id"], r))` per split, and the record index would be
+written by a second pass (`scan_index`) after the build. The build would then be started with
 `builder.download_and_prepare(download_config=tfds.download.DownloadConfig(beam_options=opts))` where
 `opts = apache_beam.options.pipeline_options.PipelineOptions(flags=[...])` and the flags pick the runner:
 

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import json
 import os
 
 import numpy as np
 import pytest
 
-from data_pipeline import records, tfds_builder
+from data_pipeline import build, records, tfds_builder
 from data_pipeline.synthetic import synthetic_record
+from tests.data_pipeline.test_media import write_mp4
 
 
 def _records(n: int, seed: int = 0, **kw):
@@ -106,3 +108,47 @@ def test_missing_dataset_and_split_give_clear_errors(tmp_path):
     tfds_builder.write_dataset(_records(2), tmp_path)
     with pytest.raises(ValueError, match="no split 'test'"):
         tfds_builder.open_data_source(tmp_path, split="test")
+
+
+def _raw_manifest(root, good: int, broken: int = 0):
+    (root / "clips").mkdir(parents=True, exist_ok=True)
+    lines = []
+    for i in range(good):
+        write_mp4(root / "clips" / f"v{i}.mp4", num_frames=10)
+        lines.append(dict(clip_id=f"v{i}", video=f"clips/v{i}.mp4", scores={"lipsync": 8.0}))
+    for i in range(broken):
+        (root / "clips" / f"bad{i}.mp4").write_bytes(b"not a video")
+        lines.append(dict(clip_id=f"bad{i}", video=f"clips/bad{i}.mp4"))
+    path = root / "manifest.jsonl"
+    path.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    return path
+
+
+def _build_args(manifest, out):
+    return ["--manifest", str(manifest), "--out", str(out), "--pixel_budget", "4096", "--clip_frames", "9",
+            "--mel_bins", "8", "--no_progress"]  # fmt: skip
+
+
+def test_build_cli_writes_dataset_and_report(tmp_path, capsys):
+    manifest = _raw_manifest(tmp_path / "raw", good=2, broken=1)
+    assert build.main(_build_args(manifest, tmp_path / "out")) == 0
+    report = json.loads((tmp_path / "out" / build.REPORT_FILE).read_text())
+    assert report["clips_written"] == 2 and sum(report["skipped_entries"].values()) == 1
+    assert report["written"]["num_records"] == {"train": 2}
+    source = tfds_builder.open_data_source(tmp_path / "out")
+    assert sorted(source[i]["clip_id"].decode()[:2] for i in range(2)) == ["v0", "v1"]
+    rec = source[0]
+    records.validate_record(rec)
+    assert records.is_frames_only(rec) and rec["frames"].shape[0] == 9 and rec["audio_eligible"]
+    assert "featurize: 2 clips" in capsys.readouterr().out
+
+
+def test_build_cli_without_any_clip_fails_and_keeps_the_existing_dataset(tmp_path):
+    tfds_builder.write_dataset(_records(3), tmp_path / "out")
+    before = _files(tmp_path / "out")
+    manifest = _raw_manifest(tmp_path / "raw", good=0, broken=2)
+    assert build.main(_build_args(manifest, tmp_path / "out")) == 1
+    report_path = str(tmp_path / "out" / build.REPORT_FILE)
+    after = {p: m for p, m in _files(tmp_path / "out").items() if p != report_path}
+    assert after == before
+    assert len(tfds_builder.open_data_source(tmp_path / "out")) == 3
