@@ -117,15 +117,19 @@ def sample_identity(rng: np.random.Generator, name: str) -> Identity:
     )
 
 
+def _article(word: str) -> str:
+    return f"{'an' if word[0] in 'aeiou' else 'a'} {word}"
+
+
 def caption(identity: Identity, *, camera_motion: bool) -> str:
     """Text naming the person's colours, the background and the action."""
     hair = (
         "a bald head" if identity.hair_style == "bald" else f"{identity.hair_style} {identity.hair[0]} hair"
     )
     text = (
-        f"a person with {identity.skin[0]} skin, {hair} and a {identity.clothing[0]} shirt"
-        f"{', holding a ' + identity.held_object[0] if identity.held_object else ''}, "
-        f"talking and gesturing in front of a {identity.background[0]} background"
+        f"a person with {identity.skin[0]} skin, {hair} and {_article(identity.clothing[0])} shirt"
+        f"{', holding ' + _article(identity.held_object[0]) if identity.held_object else ''}, "
+        f"talking and gesturing in front of {_article(identity.background[0])} background"
     )
     if identity.background_pattern != "plain":
         pattern = {"stripes": "with {} stripes", "checks": "with {} checks", "window": "with a {} window"}

@@ -226,8 +226,9 @@ def static_region_psnr_ssim(
     """PSNR (dB) and SSIM of each frame against `reference` on the pixels where `mask` is true.
 
     frames (F, H, W, 3) uint8, reference (H, W, 3) uint8, mask (H, W) bool. SSIM uses a `window` x
-    `window` box window per channel (constants K1 = 0.01, K2 = 0.03, L = 255) and averages the SSIM map
-    over masked pixels; PSNR uses the masked mean squared error per frame. Both are averaged over
+    `window` box window per channel (constants K1 = 0.01, K2 = 0.03, L = 255), with pixels outside the
+    mask taken from the reference so only masked pixels can differ, and averages the SSIM map over
+    masked pixels; PSNR uses the masked mean squared error per frame. Both are averaged over
     frames; a frame equal to the reference on the mask scores PSNR 100 dB.
     """
     frames = _check_frames(frames).astype(np.float64)
@@ -243,6 +244,7 @@ def static_region_psnr_ssim(
     mse = ((frames - reference) ** 2)[:, mask].mean(axis=(1, 2))  # (F,)
     psnr = np.where(mse > 0, 10.0 * np.log10(255.0**2 / np.maximum(mse, 1e-12)), 100.0)
     c1, c2 = (0.01 * 255) ** 2, (0.03 * 255) ** 2
+    frames = np.where(mask[None, :, :, None], frames, reference[None])  # outside the mask counts as equal
     x = np.moveaxis(frames, -1, 1)  # (F, 3, H, W)
     y = np.broadcast_to(np.moveaxis(reference, -1, 0), x.shape)
     mx, my = _box_mean(x, window), _box_mean(y, window)
