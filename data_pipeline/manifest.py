@@ -119,6 +119,7 @@ def parse_entry(
     split = obj.get("split", "train") or "train"
     if not isinstance(identity, str) or not isinstance(split, str):
         raise ManifestError("'identity' and 'split' must be strings", line=line)
+    scores = _parse_scores(obj.get("scores"), line)
     resolve = lambda rel, key: _resolve(
         root, rel, key, line, allow_outside_root=allow_outside_root, max_file_bytes=max_file_bytes
     )
@@ -128,7 +129,7 @@ def parse_entry(
         audio=resolve(audio, "audio") if audio else None,
         keypoints=resolve(keypoints, "keypoints") if keypoints else None,
         caption=caption,
-        scores=_parse_scores(obj.get("scores"), line),
+        scores=scores,
         identity=identity,
         split=split,
         line=line,

@@ -5,7 +5,8 @@ MMDiT text branch"); the public MMDiT video models encode captions with a T5 / U
 or a decoder LLM's hidden states (HunyuanVideo). This module loads any of them from a local folder
 (`T5EncoderModel`, `UMT5EncoderModel`, or `AutoModel` for other types) with the tokenizer saved in
 the same folder, and returns the last hidden state padded / truncated to `max_len` tokens with its
-validity mask. Padding positions are zeroed. Nothing is downloaded and no remote code runs.
+validity mask. Padding positions are zeroed; an empty caption keeps its first token valid.
+Nothing is downloaded and no remote code runs.
 """
 
 from __future__ import annotations
@@ -62,7 +63,8 @@ class TextEncoder:
             max_length=self.max_len,
             return_tensors="pt",
         )
-        mask = tokens["attention_mask"].to(self.device)
+        mask = tokens["attention_mask"].to(self.device)  # (B, max_len)
+        mask[:, 0] = 1  # an empty caption keeps one valid token, like the null text of docs/design.md
         with self.torch.inference_mode():
             out = self.model(input_ids=tokens["input_ids"].to(self.device), attention_mask=mask)
         hidden = out.last_hidden_state.float() * mask[..., None].float()  # (B, max_len, D)
