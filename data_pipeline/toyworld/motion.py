@@ -76,7 +76,7 @@ def _beats(rng: np.random.Generator, n: int, onsets: np.ndarray, energy: float) 
     """Beat-gesture drive (n,) in [0, ~1]: smooth bumps at a random subset of syllable onsets."""
     drive = np.zeros(n)
     for onset in onsets:
-        if 0 <= onset < n and rng.random() < 0.35 * energy:
+        if 0 <= onset < n and rng.random() < 0.5 * energy:
             drive[onset] += rng.uniform(0.5, 1.0)
     return np.clip(gaussian_filter1d(drive, 2.0) * 5.0, 0.0, 1.2)
 
@@ -189,11 +189,12 @@ def simulate_motion(
     margin = r + 1.0 + CAMERA_AMPLITUDE * s
     onsets = np.asarray(syllable_onsets, np.int64)
     hands = np.empty((n, 2, 2))
+    activity = 0.2 + 0.8 * np.clip(gaussian_filter1d(loud, 2.0), 0.0, 1.0)  # (F,) hands move more in speech
     for hand, side in enumerate((1.0, -1.0)):
         beat = _beats(rng, n, onsets, energy)
-        x = width * (0.5 + side * HAND_REST_DX) + _smooth_noise(rng, n, 7.0, 0.04 * s * energy)
+        x = width * (0.5 + side * HAND_REST_DX) + activity * _smooth_noise(rng, n, 7.0, 0.05 * s * energy)
         x += side * 0.06 * s * beat
-        y = height * HAND_REST_Y + _smooth_noise(rng, n, 7.0, 0.03 * s * energy) - 0.22 * s * beat
+        y = height * HAND_REST_Y + activity * _smooth_noise(rng, n, 7.0, 0.04 * s * energy) - 0.22 * s * beat
         inner, outer = 0.5 * width + side * (r + 2.0), width / 2 + side * (width / 2 - margin)
         hands[:, hand, 0] = _soft_clip(x, min(inner, outer), max(inner, outer))
         hands[:, hand, 1] = _soft_clip(y, HAND_TOP_Y * height, height - margin)

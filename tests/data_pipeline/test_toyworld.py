@@ -158,6 +158,25 @@ def test_about_13_percent_of_score_draws_pass_both_filters_as_the_knobs_say():
     assert 0.08 <= both / n <= 0.19, f"{both}/{n} pass both filters; expected about 13%"
 
 
+def test_mouth_follows_the_audio_with_the_fixed_lag_and_hands_move_more_in_speech_than_pauses():
+    rng = np.random.default_rng(11)
+    speech_speed, pause_speed = [], []
+    for _ in range(12):
+        person = identity.sample_identity(rng, "p")
+        clean = generate.ClipConditions(
+            "none", camera_motion=False, hands_dropped_fraction=0.0, aesthetics=5.0
+        )
+        truth = generate.simulate_clip(rng, person, clean, seconds=2.0)
+        env = measure.audio_envelope(speech.pcm16_to_float(truth.audio_pcm), speech.SAMPLE_RATE, FPS, 50)
+        assert measure.lagged_correlation(truth.motion.mouth_opening, env)[1] == generate.MOUTH_LAG_FRAMES
+        speed = np.linalg.norm(np.diff(truth.motion.hands, axis=0), axis=-1).mean(axis=-1)  # (F - 1,)
+        level = 0.5 * (env[1:] + env[:-1]) / env.max()  # (F - 1,) loudness over each step
+        speech_speed += list(speed[level > 0.4])
+        pause_speed += list(speed[level < 0.1])
+    ratio = np.mean(speech_speed) / np.mean(pause_speed)
+    assert ratio > 1.15, f"hands move only {ratio:.2f}x faster in speech than in pauses"
+
+
 def test_palette_colours_and_their_mixes_stay_far_from_reserved_colours():
     colours = [c for palette in identity.ALL_PALETTES for c in palette.values()]
     colours += [identity.EYE_COLOUR, identity.LIP_COLOUR]
