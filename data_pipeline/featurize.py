@@ -66,7 +66,9 @@ class FeaturizeOptions:
     keypoint_count_tolerance: int = 0  # allowed |keypoint frames - decoded source frames|
     allow_outside_root: bool = False
     max_file_bytes: int | None = DEFAULT_MAX_FILE_BYTES
-    max_duration_s: float | None = 600.0  # longer sources are refused (split them first)
+    # Longer sources are refused (split them first): a decoded source is held in memory at bucket
+    # size, N * H * W * 3 bytes (60 s at 25 fps and 512x512: 1.2 GB per worker).
+    max_duration_s: float | None = 60.0
     max_source_frames: int | None = None
     decode_timeout_s: float | None = 300.0  # wall-clock limit per file decode
     split: str | None = None  # only entries of this split; None: all
@@ -285,6 +287,9 @@ class Featurizer:
         except (MediaError, SkipEntry) as e:
             report.skip_entry(e.reason, str(e), entry.clip_id, entry.line)
             return [], report
+        except Exception as e:  # an unforeseen failure on this input: count it, keep the job going
+            report.skip_entry("featurize_error", repr(e), entry.clip_id, entry.line)
+            return [], report
         out = []
         for segment, start in enumerate(clip_starts(video.frames.shape[0], self.options)):
             clip_id = f"{entry.clip_id}_{segment:04d}"
@@ -294,6 +299,9 @@ class Featurizer:
                 )
             except SkipEntry as e:
                 report.skip_clip(e.reason, str(e), clip_id, entry.line)
+                continue
+            except Exception as e:  # e.g. the encoder failing on this clip
+                report.skip_clip("featurize_error", repr(e), clip_id, entry.line)
                 continue
             out.append(record)
         report.clips_written += len(out)
@@ -366,6 +374,7 @@ _WORKER: Featurizer | None = None
 
 def _init_worker(options: FeaturizeOptions, encode_fn: EncodeFn | None) -> None:
     os.environ.setdefault("OMP_NUM_THREADS", "1")  # each worker is one core's worth
+    os.environ.setdefault("XLA_PYTHON_CLIENT_PREALLOCATE", "false")  # workers share an accelerator
     global _WORKER
     _WORKER = Featurizer(options, encode_fn)
 

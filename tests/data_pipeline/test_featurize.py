@@ -237,6 +237,15 @@ def test_featurize_marks_nan_features_as_skipped_clips(dataset):
     assert recs == [] and report.skipped_clips == {"silent_audio": 2, "nan_features": 4}
 
 
+def test_featurize_counts_an_encoder_exception_as_a_skipped_clip(dataset):
+    def failing_encode(frames: np.ndarray) -> np.ndarray:
+        raise RuntimeError("encoder out of memory")
+
+    recs, report = _run(dataset, encode_fn=failing_encode)
+    assert recs == [] and report.skipped_clips == {"silent_audio": 2, "featurize_error": 4}
+    assert any("encoder out of memory" in e["message"] for e in report.examples)
+
+
 def test_featurize_split_option_keeps_only_that_split(dataset):
     recs, _ = _run(dataset, FeaturizeOptions(**{**OPTIONS.__dict__, "split": "test"}))
     assert [r["clip_id"] for r in recs] == ["sep_0000", "sep_0001"] and {r["split"] for r in recs} == {"test"}
