@@ -73,6 +73,10 @@ class FeaturizeOptions:
     decode_timeout_s: float | None = 300.0  # wall-clock limit per file decode
     split: str | None = None  # only entries of this split; None: all
 
+    def __post_init__(self) -> None:
+        if self.audio_layers is not None:  # a list from a CLI: keep the options hashable
+            object.__setattr__(self, "audio_layers", tuple(int(i) for i in self.audio_layers))
+
     def validate(self) -> None:
         """Raise ValueError / FileNotFoundError naming the bad option before any work starts."""
         if self.clip_frames < 1 or (self.clip_frames - 1) % 4:
