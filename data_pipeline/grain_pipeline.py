@@ -24,6 +24,7 @@ from __future__ import annotations
 
 import logging
 import sys
+import threading
 from typing import Any
 
 import grain
@@ -40,7 +41,11 @@ _SKIPPED_KEY = "_skipped_records"
 
 
 class _Plan:
-    """Batch index -> (group, candidate record indices) for one process of one data dir."""
+    """Batch index -> (group, candidate record indices) for one process of one data dir.
+
+    A pure function of the index; the per-epoch permutations are cached behind a lock because grain
+    calls it from several threads at once.
+    """
 
     def __init__(
         self, members: list[np.ndarray], local_batch: int, seed: int, dataset_id: int, process: tuple
@@ -50,29 +55,39 @@ class _Plan:
         self.batches = np.array([(len(m) // process_count) // local_batch for m in members])
         self.local_batch, self.seed, self.dataset_id = local_batch, seed, dataset_id
         self.per_epoch = int(self.batches.sum())
-        self._epoch: int | None = None
-        self._order: tuple[np.ndarray, np.ndarray] = (np.zeros(0, int), np.zeros(0, int))
-        self._perms: dict[int, np.ndarray] = {}
+        self._cache: dict[tuple, np.ndarray] = {}
+        self._lock = threading.Lock()
+
+    def __getstate__(self) -> dict:
+        return {k: v for k, v in self.__dict__.items() if k not in ("_lock", "_cache")}
+
+    def __setstate__(self, state: dict) -> None:
+        self.__dict__.update(state, _cache={}, _lock=threading.Lock())
 
     def _rng(self, *key: int) -> np.random.Generator:
         return np.random.default_rng([self.seed & 0xFFFFFFFF, 0xDA7A, self.dataset_id, *key])
 
-    def _set_epoch(self, epoch: int) -> None:
-        if self._epoch == epoch:
-            return
+    def _order(self, epoch: int) -> np.ndarray:
+        """(2, per_epoch): the group of each batch of the epoch and its rank among that group's batches."""
         seq = self._rng(epoch).permutation(np.repeat(np.arange(len(self.batches)), self.batches))
         ranks = np.zeros_like(seq)
         for g in range(len(self.batches)):
             ranks[seq == g] = np.arange(self.batches[g])
-        self._epoch, self._order, self._perms = epoch, (seq, ranks), {}
+        return np.stack([seq, ranks])
+
+    def _cached(self, key: tuple, make) -> np.ndarray:
+        with self._lock:
+            if key not in self._cache:
+                if len(self._cache) > 4 * len(self.batches) + 8:  # keep about two epochs
+                    self._cache = {k: v for k, v in self._cache.items() if k[0] >= key[0] - 1}
+                self._cache[key] = make()
+            return self._cache[key]
 
     def __getitem__(self, j: int) -> tuple[int, np.ndarray]:
         epoch, pos = divmod(j, self.per_epoch)
-        self._set_epoch(epoch)
-        g, m = int(self._order[0][pos]), int(self._order[1][pos])
-        if g not in self._perms:
-            self._perms[g] = self._rng(epoch, g).permutation(self.local[g])
-        perm = self._perms[g]
+        order = self._cached((epoch,), lambda: self._order(epoch))
+        g, m = int(order[0, pos]), int(order[1, pos])
+        perm = self._cached((epoch, g), lambda: self._rng(epoch, g).permutation(self.local[g]))
         start = m * self.local_batch
         # The batch first, then the rest of the shard as replacements for bad records.
         return g, np.concatenate([perm[start:], perm[:start]])

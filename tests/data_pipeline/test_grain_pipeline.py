@@ -231,3 +231,19 @@ def test_stage_without_required_pool_or_data_gives_clear_errors(tmp_path):
 def _small_dataset(tmp_path):
     _write(tmp_path / "small", n_per_bucket=2)
     return str(tmp_path / "small")
+
+
+def test_batch_plan_is_a_pure_function_of_the_index_under_concurrent_threads():
+    from concurrent.futures import ThreadPoolExecutor
+
+    members = [np.arange(0, 40), np.arange(40, 64), np.arange(64, 70)]
+    serial = grain_pipeline._Plan(members, 2, seed=3, dataset_id=0, process=(0, 1))
+    want = [serial[j] for j in range(200)]
+    shared = grain_pipeline._Plan(members, 2, seed=3, dataset_id=0, process=(0, 1))
+    order = np.random.default_rng(0).permutation(200)
+    with ThreadPoolExecutor(8) as pool:
+        got = dict(zip(order, pool.map(shared.__getitem__, order), strict=True))
+    for j in range(200):
+        assert got[j][0] == want[j][0] and np.array_equal(got[j][1], want[j][1]), f"batch {j} differs"
+    per_epoch = [want[j][0] for j in range(serial.per_epoch)]
+    assert [per_epoch.count(g) for g in range(3)] == [20, 12, 3], "groups drawn in proportion to their data"
