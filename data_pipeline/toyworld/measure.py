@@ -65,7 +65,9 @@ def colour_membership(frames: np.ndarray, colour: tuple[int, int, int]) -> np.nd
 def mouth_opening(frames: np.ndarray, mouth_width: float | None = None) -> np.ndarray:
     """Mouth opening in pixels per frame: reserved-colour area / mouth width. (F, H, W, 3) -> (F,).
 
-    `mouth_width` defaults to the toy world's `mouth_width_px(W)`.
+    `mouth_width` defaults to the toy world's `mouth_width_px(W)`. Exact on clean frames; after lossy
+    yuv420p coding the blurred mouth edges count only partly, so it reads about 1-2 px low at 64x64
+    (a near-constant offset: correlations such as `sync_score` are unaffected).
     """
     frames = _check_frames(frames)
     width = mouth_width_px(frames.shape[2]) if mouth_width is None else float(mouth_width)

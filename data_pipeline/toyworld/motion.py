@@ -129,10 +129,6 @@ def _face_keypoints(
     return pts
 
 
-def _confidences(rng: np.random.Generator, shape: tuple[int, ...]) -> np.ndarray:
-    return rng.uniform(0.85, 0.99, size=shape)
-
-
 def simulate_motion(
     rng: np.random.Generator,
     identity: Identity,
@@ -215,10 +211,7 @@ def simulate_motion(
         elbows + camera[:, None],
         hands + camera[:, None],
     )
-    keypoints = _keypoints(
-        rng, head, rx, ry, mouth, opening, mouth_w, shoulders, elbows, hands, r, height, width
-    )
-    return ClipMotion(
+    geometry = ClipMotion(
         head_centre=head,
         head_radii=(rx, ry),
         mouth_centre=mouth,
@@ -229,14 +222,18 @@ def simulate_motion(
         hands=hands,
         hand_radius=r,
         camera=camera,
-        keypoints=keypoints,
+        keypoints=np.zeros((n, NUM_KEYPOINTS, 3), np.float32),
     )
+    return dataclasses.replace(geometry, keypoints=wholebody_keypoints(rng, geometry, height, width))
 
 
-def _keypoints(
-    rng, head, rx, ry, mouth, opening, mouth_w, shoulders, elbows, hands, r, height, width
-) -> np.ndarray:
-    """Assemble the (F, 133, 3) float32 COCO-WholeBody array with confidences."""
+def wholebody_keypoints(rng: np.random.Generator, m: ClipMotion, height: int, width: int) -> np.ndarray:
+    """The (F, 133, 3) float32 COCO-WholeBody keypoints (pixels, confidence) of a clip's geometry.
+
+    Points outside the frame get confidence 0; a hand whose disc is not wholly inside the frame gets
+    low confidence (0.02-0.2) on its 21 keypoints and wrist; everything else 0.85-0.99.
+    """
+    head, (rx, ry), hands, elbows, r = m.head_centre, m.head_radii, m.hands, m.elbows, m.hand_radius
     n = head.shape[0]
     kp = np.zeros((n, NUM_KEYPOINTS, 3))
     kp[:, 0, :2] = head + np.array([0.0, 0.15 * ry])  # nose
@@ -244,7 +241,7 @@ def _keypoints(
     kp[:, 2, :2] = head + np.array([-0.4 * rx, -0.15 * ry])
     kp[:, 3, :2] = head + np.array([rx, 0.0])  # left ear
     kp[:, 4, :2] = head + np.array([-rx, 0.0])
-    kp[:, 5:7, :2] = shoulders
+    kp[:, 5:7, :2] = m.shoulders
     kp[:, 7:9, :2] = elbows
     hand_pts = [_hand_keypoints(hands[:, h], elbows[:, h], r) for h in range(2)]  # 2 x (F, 21, 2)
     kp[:, 9, :2], kp[:, 10, :2] = hand_pts[0][:, 0], hand_pts[1][:, 0]  # wrists = hand roots
@@ -259,18 +256,18 @@ def _keypoints(
         kp[:, joint, :2] = np.array([width * (0.5 + dx), height * dy])  # hips, knees, ankles: below the frame
     kp[:, 17:20, :2] = kp[:, 15:16, :2]
     kp[:, 20:23, :2] = kp[:, 16:17, :2]
-    kp[:, FACE : FACE + 68, :2] = _face_keypoints(head, rx, ry, mouth, opening, mouth_w)
+    kp[:, FACE : FACE + 68, :2] = _face_keypoints(
+        head, rx, ry, m.mouth_centre, m.mouth_opening, m.mouth_width
+    )
     kp[:, LEFT_HAND : LEFT_HAND + 21, :2] = hand_pts[0]
     kp[:, RIGHT_HAND : RIGHT_HAND + 21, :2] = hand_pts[1]
 
-    conf = _confidences(rng, (n, NUM_KEYPOINTS))
+    conf = rng.uniform(0.85, 0.99, size=(n, NUM_KEYPOINTS))
     x, y = kp[..., 0], kp[..., 1]
     conf = np.where((x >= 0) & (x <= width) & (y >= 0) & (y <= height), conf, 0.0)
     for h, start in enumerate((LEFT_HAND, RIGHT_HAND)):
         cx, cy = hands[:, h, 0], hands[:, h, 1]
-        inside = (
-            (cx - r >= 0) & (cx + r <= width) & (cy - r >= 0) & (cy + r <= height)
-        )  # (F,) whole disc seen
+        inside = (cx - r >= 0) & (cx + r <= width) & (cy - r >= 0) & (cy + r <= height)  # (F,)
         low = rng.uniform(0.02, 0.2, size=(n, 21))
         conf[:, start : start + 21] = np.where(inside[:, None], conf[:, start : start + 21], low)
         conf[:, 9 + h] = np.where(inside, conf[:, 9 + h], low[:, 0])
