@@ -79,3 +79,9 @@ def test_principle2_warnings_flag_stronger_condition_with_higher_ratio():
     assert "pose ratio 0.8 exceeds the weaker audio ratio 0.5" in joined
     assert "pose ratio 0.8 exceeds the weaker reference ratio 0.3" in joined
     assert len(warnings) == 3
+
+
+def test_condition_order_matches_the_model_library():
+    from omnihuman_jax.conditions import CONDITIONS
+
+    assert masking.CONDITIONS == CONDITIONS
