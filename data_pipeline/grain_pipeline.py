@@ -9,10 +9,12 @@ Batches are planned, not streamed, so every batch is a pure function of its step
 - Each process owns a static shard of every group (positions `process_index::process_count` of the
   group's records in stored order, which TFDS shuffled at write time): the shards are disjoint and cover
   the data. Every epoch a group yields `(len(group) // process_count) // local_batch` batches on every
-  process, so all processes agree on the group of each step (one global shape per step).
+  process, so all processes agree on the group of each step (one global shape per step). This is why
+  the pipeline shards per group itself instead of with `grain.sharding.ShardByJaxProcess`, which cuts
+  the whole index into contiguous ranges and would leave hosts with different buckets.
 - Epoch `e` orders all groups' batches by a seeded permutation (groups are drawn in proportion to their
-  data) and permutes each shard. Several data dirs mix by `config.data.weights` with grain's deterministic
-  proportional interleave.
+  data) and permutes each shard (`config.data.shuffle=False`: group after group, in stored order).
+  Several data dirs mix by `config.data.weights` with grain's deterministic proportional interleave.
 - Step `k`'s batch is `plan[k]`, so the iterator state is just `{"step": k, ...}` and `set_state`
   resumes exactly; grain threads or worker processes (`config.data.worker_count`) prefetch it.
 
@@ -48,9 +50,16 @@ class _Plan:
     """
 
     def __init__(
-        self, members: list[np.ndarray], local_batch: int, seed: int, dataset_id: int, process: tuple
+        self,
+        members: list[np.ndarray],
+        local_batch: int,
+        seed: int,
+        dataset_id: int,
+        process: tuple,
+        shuffle: bool = True,
     ):
         process_index, process_count = process
+        self.shuffle = shuffle
         self.local = [m[process_index::process_count] for m in members]  # static shard per group
         self.batches = np.array([(len(m) // process_count) // local_batch for m in members])
         self.local_batch, self.seed, self.dataset_id = local_batch, seed, dataset_id
@@ -69,7 +78,9 @@ class _Plan:
 
     def _order(self, epoch: int) -> np.ndarray:
         """(2, per_epoch): the group of each batch of the epoch and its rank among that group's batches."""
-        seq = self._rng(epoch).permutation(np.repeat(np.arange(len(self.batches)), self.batches))
+        seq = np.repeat(np.arange(len(self.batches)), self.batches)
+        if self.shuffle:
+            seq = self._rng(epoch).permutation(seq)
         ranks = np.zeros_like(seq)
         for g in range(len(self.batches)):
             ranks[seq == g] = np.arange(self.batches[g])
@@ -87,7 +98,10 @@ class _Plan:
         epoch, pos = divmod(j, self.per_epoch)
         order = self._cached((epoch,), lambda: self._order(epoch))
         g, m = int(order[0, pos]), int(order[1, pos])
-        perm = self._cached((epoch, g), lambda: self._rng(epoch, g).permutation(self.local[g]))
+        if self.shuffle:
+            perm = self._cached((epoch, g), lambda: self._rng(epoch, g).permutation(self.local[g]))
+        else:  # every epoch reads each shard in stored order (TFDS shuffled it once, at write time)
+            perm = self.local[g]
         start = m * self.local_batch
         # The batch first, then the rest of the shard as replacements for bad records.
         return g, np.concatenate([perm[start:], perm[:start]])
@@ -322,7 +336,8 @@ def make_train_iterator(config: Any, process_index: int = 0, process_count: int 
     plans, group_keys, summary = [], [], {"datasets": []}
     for d, index in enumerate(indexes):
         keys, members = _groups(index)
-        plan = _Plan(members, local_batch, int(config.seed), d, (process_index, process_count))
+        process = (process_index, process_count)
+        plan = _Plan(members, local_batch, int(config.seed), d, process, bool(config.data.shuffle))
         if plan.per_epoch == 0:
             raise ValueError(
                 f"dataset {dirs[d]}: no bucket has batch_size={config.batch_size} records "

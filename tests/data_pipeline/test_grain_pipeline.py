@@ -247,3 +247,13 @@ def test_batch_plan_is_a_pure_function_of_the_index_under_concurrent_threads():
         assert got[j][0] == want[j][0] and np.array_equal(got[j][1], want[j][1]), f"batch {j} differs"
     per_epoch = [want[j][0] for j in range(serial.per_epoch)]
     assert [per_epoch.count(g) for g in range(3)] == [20, 12, 3], "groups drawn in proportion to their data"
+
+
+def test_without_shuffle_every_epoch_repeats_the_same_batches_in_bucket_order(dataset):
+    path, _ = dataset
+    cfg = _config(path)
+    cfg.data.shuffle = False
+    batches = _take(grain_pipeline.make_train_iterator(cfg), 8)  # two epochs of 4
+    for a, b in zip(batches[:4], batches[4:], strict=True):
+        np.testing.assert_array_equal(a["latents"], b["latents"])
+    assert [b["latents"].shape[2:4] for b in batches[:4]] == [SHAPES[0]] * 2 + [SHAPES[1]] * 2
