@@ -149,7 +149,7 @@ class _BatchLoader:
         video = record["frames"] if frames_only else record["latents"]
         if (int(record["bucket"]), frames_only, *video.shape) != key:
             raise ValueError(f"record shape {video.shape} does not match its index group {key}")
-        if record["text_embedding"].shape[1] != self.text_dim:
+        if record["text_embedding"].shape[0] and record["text_embedding"].shape[1] != self.text_dim:
             raise ValueError(f"text_embedding width {record['text_embedding'].shape[1]} != model.text_dim")
         audio = record["audio_features"]
         if audio.shape[0] and audio.shape[1:] != self.audio_dims:
@@ -183,7 +183,8 @@ class _BatchLoader:
         text_emb = np.zeros((self.text_len, self.text_dim), np.float32)  # (L, D_text), padded or cut
         text_mask = np.zeros(self.text_len, bool)
         n = min(self.text_len, record["text_mask"].shape[0])
-        text_emb[:n], text_mask[:n] = record["text_embedding"][:n], record["text_mask"][:n]
+        if n:  # a clip built without a text encoder has a (0, 0) embedding: no valid token
+            text_emb[:n], text_mask[:n] = record["text_embedding"][:n], record["text_mask"][:n]
         out["text_emb"], out["text_mask"] = text_emb, text_mask
         audio = record["audio_features"]
         out["audio_feats"] = (

@@ -8,8 +8,9 @@ import numpy as np
 import pytest
 
 from configs.base import get_base_config
-from data_pipeline import grain_pipeline, masking, tfds_builder
+from data_pipeline import build, grain_pipeline, masking, tfds_builder
 from data_pipeline.synthetic import synthetic_record
+from tests.data_pipeline.test_tfds_builder import _build_args, _raw_manifest
 
 SHAPES = {0: (4, 4), 1: (2, 6)}  # bucket -> latent (h, w)
 
@@ -257,3 +258,18 @@ def test_without_shuffle_every_epoch_repeats_the_same_batches_in_bucket_order(da
     for a, b in zip(batches[:4], batches[4:], strict=True):
         np.testing.assert_array_equal(a["latents"], b["latents"])
     assert [b["latents"].shape[2:4] for b in batches[:4]] == [SHAPES[0]] * 2 + [SHAPES[1]] * 2
+
+
+def test_dataset_from_build_cli_without_text_encoder_trains_with_text_ratio_zero(tmp_path):
+    manifest = _raw_manifest(tmp_path / "raw", good=2)
+    assert build.main(_build_args(manifest, tmp_path / "out")) == 0
+    cfg = _config(str(tmp_path / "out"), stage=2, batch_size=2)
+    cfg.model.audio_layers, cfg.model.audio_dim = 1, 8  # log-mel: 1 group of 8 bins per frame
+    with pytest.raises(ValueError, match="trains text .* condition_ratios.text=0"):
+        grain_pipeline.make_train_iterator(cfg)
+    cfg.condition_ratios.text = 0.0
+    it = grain_pipeline.make_train_iterator(cfg)
+    b = _take(it, 1)[0]
+    assert it.skipped_records == 0
+    assert b["frames"].shape[:2] == (2, 9) and b["audio_feats"].shape == (2, 9, 1, 8)
+    assert not b["condition_mask"][:, 0].any() and b["text_mask"][:, 0].all() and not b["text_emb"].any()
