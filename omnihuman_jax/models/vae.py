@@ -25,6 +25,7 @@ from typing import Any
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
+import numpy as np
 
 from omnihuman_jax.models.vae_blocks import (
     CausalConv3d,
@@ -194,11 +195,23 @@ class AutoencoderKLHunyuanVideo(nn.Module):
         return self.decode_body(self.decode_stem(moments[..., : self.cfg.latent_channels]))
 
 
-def init_vae(cfg: VAEConfig, rng: jax.Array, *, num_frames: int = 1, size: int | None = None) -> Params:
-    """Random parameters (plain arrays, logical-axis boxes removed); a 1-frame dummy video builds them."""
-    s = size or cfg.spatial_compression_ratio
-    x = jnp.zeros((1, num_frames, s, s, cfg.in_channels), jnp.float32)
-    return nn.meta.unbox(AutoencoderKLHunyuanVideo(cfg).init(rng, x)["params"])
+def init_vae(cfg: VAEConfig, rng: jax.Array) -> Params:
+    """Random parameters (plain arrays): kernels N(0, 1 / fan_in), norm scales 1, biases 0.
+
+    Drawn with numpy from a seed taken from `rng`: jitting linen's `init` of the whole VAE compiles a
+    forward pass plus one RNG program per tensor, which takes far longer than the draws themselves.
+    """
+    abstract = _abstract_params(cfg)
+    gen = np.random.default_rng(int(jax.random.randint(rng, (), 0, 2**31 - 1)))
+
+    def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
+        if path[-1].key == "kernel":
+            fan_in = math.prod(leaf.shape[:-1])
+            return jnp.asarray(gen.standard_normal(leaf.shape, np.float32) / math.sqrt(fan_in))
+        fill = 1.0 if path[-1].key == "scale" else 0.0
+        return jnp.full(leaf.shape, fill, jnp.float32)
+
+    return jax.tree_util.tree_map_with_path(draw, abstract)
 
 
 def vae_logical_axes(cfg: VAEConfig) -> Params:
@@ -257,12 +270,40 @@ def _moments_to_stats(moments: Params) -> Params:
     return jax.tree.map(to_stats, moments, is_leaf=lambda t: isinstance(t, dict) and "m2" in t)
 
 
+def _initial_stats(cfg: VAEConfig, method: str, params: Params, chunk: jax.Array) -> Params:
+    """Placeholder whole-video norm statistics (mean 0, var 1) with the structure a chunk's moments have.
+
+    Any starting point converges to the exact statistics; this one avoids compiling a statistics-free
+    variant of the chunk function.
+    """
+    shapes = _moment_shapes(cfg, method, chunk.shape, chunk.dtype)
+    return _moments_to_stats(jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), shapes))
+
+
+@functools.lru_cache(maxsize=32)
+def _moment_shapes(cfg: VAEConfig, method: str, shape: tuple[int, ...], dtype: Any) -> Params:
+    x = jax.ShapeDtypeStruct(shape, dtype)
+    return jax.eval_shape(functools.partial(_apply_chunk, cfg, method), _abstract_params(cfg), x, {}, None)[2]
+
+
+@functools.lru_cache(maxsize=8)
+def _abstract_params(cfg: VAEConfig) -> Params:
+    """Parameter shapes (jax.ShapeDtypeStruct tree) of a config, from an abstract init."""
+    s = cfg.spatial_compression_ratio
+    x = jax.ShapeDtypeStruct((1, 1, s, s, cfg.in_channels), jnp.float32)
+    return nn.meta.unbox(
+        jax.eval_shape(AutoencoderKLHunyuanVideo(cfg).init, jax.random.PRNGKey(0), x)["params"]
+    )
+
+
 def _stream(
     cfg: VAEConfig, method: str, params: Params, chunks: list[jax.Array], exact: bool
 ) -> list[jax.Array]:
     """Runs a stage chunk by chunk, carrying the causal cache; see the module docstring for `exact`."""
-    stats = None
-    max_passes = None
+    stats = _initial_stats(cfg, method, params, chunks[0]) if exact else None
+    # pass k makes norm k (network order) exact, so N norms need at most N + 1 passes; the last one
+    # finds the statistics it used unchanged (a fixed point), i.e. its outputs are the full-video ones
+    passes_left = len(jax.tree.leaves(stats)) // 2 + 1
     while True:
         outputs, cache, moments = [], {}, None
         for chunk in chunks:
@@ -272,14 +313,12 @@ def _stream(
         if not exact:
             return outputs
         new_stats = _moments_to_stats(moments)
-        if max_passes is None:  # pass k fixes norm k (network order), so N norms need at most N + 1 passes
-            max_passes = len(jax.tree.leaves(new_stats)) // 2 + 1
-        max_passes -= 1
-        converged = stats is not None and all(
+        passes_left -= 1
+        converged = all(
             bool(jnp.array_equal(a, b))
             for a, b in zip(jax.tree.leaves(stats), jax.tree.leaves(new_stats), strict=True)
         )
-        if converged or max_passes <= 0:
+        if converged or passes_left <= 0:
             return outputs
         stats = new_stats
 

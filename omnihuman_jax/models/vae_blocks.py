@@ -21,6 +21,7 @@ import jax
 import jax.numpy as jnp
 
 CONV_AXES = ("null", "null", "null", "conv_in", "conv_out")  # (kT, kH, kW, C_in, C_out)
+KERNEL_INIT = nn.initializers.variance_scaling(1.0, "fan_in", "normal")  # N(0, 1 / fan_in)
 
 
 class Conv3d(nn.Module):
@@ -35,7 +36,7 @@ class Conv3d(nn.Module):
         k = self.kernel_size
         kernel = self.param(
             "kernel",
-            nn.with_logical_partitioning(nn.initializers.lecun_normal(), CONV_AXES),
+            nn.with_logical_partitioning(KERNEL_INIT, CONV_AXES),
             (k, k, k, x.shape[-1], self.features),
         )
         bias = self.param(
@@ -121,7 +122,7 @@ def _dense(features: int, name: str) -> nn.Dense:
     return nn.Dense(
         features,
         name=name,
-        kernel_init=nn.with_logical_partitioning(nn.initializers.lecun_normal(), ("conv_in", "conv_out")),
+        kernel_init=nn.with_logical_partitioning(KERNEL_INIT, ("conv_in", "conv_out")),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
     )
 

@@ -1,0 +1,92 @@
+"""Training losses of the causal 3D VAE (OmniHuman-1 section 3 uses a HunyuanVideo-style KL video VAE).
+
+Pure jnp functions on channels-last arrays: L1 + SSIM reconstruction (SSIM of Wang et al. 2004 with an
+11-tap Gaussian window, sigma 1.5) and the KL divergence of the diagonal Gaussian posterior to N(0, I).
+Video (B, F, H, W, C) is treated as B * F images.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+
+
+def l1_loss(pred: jax.Array, target: jax.Array) -> jax.Array:
+    """Mean absolute error over all elements."""
+    return jnp.mean(jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)))
+
+
+def _gaussian_window(size: int, sigma: float) -> jax.Array:
+    x = jnp.arange(size, dtype=jnp.float32) - (size - 1) / 2
+    w = jnp.exp(-0.5 * jnp.square(x / sigma))
+    return w / w.sum()  # (size,)
+
+
+def _blur(x: jax.Array, window: jax.Array) -> jax.Array:
+    """Separable 'valid' Gaussian filter of each channel: (N, H, W, C) -> (N, H - k + 1, W - k + 1, C)."""
+    c, k = x.shape[-1], window.shape[0]
+    dn = ("NHWC", "HWIO", "NHWC")
+    kh = jnp.tile(window.reshape(k, 1, 1, 1), (1, 1, 1, c))  # (k, 1, 1, C)
+    kw = jnp.tile(window.reshape(1, k, 1, 1), (1, 1, 1, c))  # (1, k, 1, C)
+    x = jax.lax.conv_general_dilated(x, kh, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
+    return jax.lax.conv_general_dilated(x, kw, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
+
+
+def ssim(
+    pred: jax.Array,
+    target: jax.Array,
+    *,
+    max_val: float = 2.0,
+    filter_size: int = 11,
+    sigma: float = 1.5,
+    k1: float = 0.01,
+    k2: float = 0.03,
+) -> jax.Array:
+    """Mean SSIM per image: (..., H, W, C) -> (...). `max_val` is the data range (2 for [-1, 1])."""
+    if pred.shape != target.shape:
+        raise ValueError(f"ssim: pred {pred.shape} and target {target.shape} differ")
+    lead, (h, w, c) = pred.shape[:-3], pred.shape[-3:]
+    size = min(filter_size, h, w)
+    size -= 1 - size % 2  # keep the window odd
+    window = _gaussian_window(size, sigma)
+    x = pred.astype(jnp.float32).reshape(-1, h, w, c)  # (N, H, W, C)
+    y = target.astype(jnp.float32).reshape(-1, h, w, c)
+    mu_x, mu_y = _blur(x, window), _blur(y, window)
+    var_x = _blur(x * x, window) - mu_x * mu_x
+    var_y = _blur(y * y, window) - mu_y * mu_y
+    cov = _blur(x * y, window) - mu_x * mu_y
+    c1, c2 = (k1 * max_val) ** 2, (k2 * max_val) ** 2
+    ssim_map = ((2 * mu_x * mu_y + c1) * (2 * cov + c2)) / ((mu_x**2 + mu_y**2 + c1) * (var_x + var_y + c2))
+    return ssim_map.mean(axis=(1, 2, 3)).reshape(lead)
+
+
+def ssim_loss(pred: jax.Array, target: jax.Array, **kwargs: float) -> jax.Array:
+    """1 - mean SSIM over all images of the batch."""
+    return 1.0 - jnp.mean(ssim(pred, target, **kwargs))
+
+
+def kl_divergence(mean: jax.Array, logvar: jax.Array) -> jax.Array:
+    """KL(N(mean, exp(logvar)) || N(0, I)) summed over all but the batch axis: (B, ...) -> (B,)."""
+    mean, logvar = mean.astype(jnp.float32), logvar.astype(jnp.float32)
+    kl = 0.5 * (jnp.square(mean) + jnp.exp(logvar) - 1.0 - logvar)
+    return kl.reshape(kl.shape[0], -1).sum(axis=1)
+
+
+def vae_loss(
+    pred: jax.Array,
+    target: jax.Array,
+    mean: jax.Array,
+    logvar: jax.Array,
+    *,
+    l1_weight: float = 1.0,
+    ssim_weight: float = 0.2,
+    kl_weight: float = 1e-6,
+) -> tuple[jax.Array, dict[str, jax.Array]]:
+    """Weighted L1 (element mean) + (1 - SSIM) + KL (per-sample sum, batch mean); returns (loss, parts)."""
+    parts = {
+        "l1": l1_loss(pred, target),
+        "ssim": ssim_loss(pred, target),
+        "kl": jnp.mean(kl_divergence(mean, logvar)),
+    }
+    loss = l1_weight * parts["l1"] + ssim_weight * parts["ssim"] + kl_weight * parts["kl"]
+    return loss, parts
