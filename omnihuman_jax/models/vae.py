@@ -342,10 +342,13 @@ def _check_video(cfg: VAEConfig, frames: jax.Array) -> None:
     r_t, r_s = cfg.temporal_compression_ratio, cfg.spatial_compression_ratio
     if (f - 1) % r_t:
         raise ValueError(
-            f"frames: F={f} frames, but the causal VAE needs F = 1 + {r_t} k (e.g. {1 + r_t * (f // r_t)})"
+            f"frames: F={f} frames, but the causal VAE needs F = 1 + {r_t} k; "
+            f"e.g. keep the first {1 + r_t * ((f - 1) // r_t)} frames"
         )
     if h % r_s or w % r_s:
         raise ValueError(f"frames: H x W = {h} x {w} must be multiples of {r_s}; resize or crop first")
+    if not jnp.issubdtype(frames.dtype, jnp.floating):
+        raise ValueError(f"frames: dtype {frames.dtype}; convert to float in [-1, 1] (x / 127.5 - 1) first")
 
 
 def encode_moments(
@@ -358,11 +361,12 @@ def encode_moments(
     """
     _check_video(cfg, frames)
     frames = jnp.asarray(frames, jnp.float32)
+    r_t = cfg.temporal_compression_ratio
+    if chunk_frames is not None and (chunk_frames <= 0 or chunk_frames % r_t):
+        raise ValueError(f"chunk_frames={chunk_frames} must be a positive multiple of {r_t} (video frames)")
     if chunk_frames is None or frames.shape[1] <= 1 + chunk_frames:
         h = _apply(cfg, "encode_stem", params, frames)
     else:
-        if chunk_frames <= 0 or chunk_frames % cfg.temporal_compression_ratio:
-            raise ValueError(f"chunk_frames={chunk_frames} must be a positive multiple of 4 (video frames)")
         chunks = _split_frames(frames, 1 + chunk_frames, chunk_frames)
         h = jnp.concatenate(_stream(cfg, "encode_stem", params, chunks, exact), axis=1)  # (B, T, h, w, C)
     moments = _apply(cfg, "encode_head", params, h)  # (B, T, h, w, 2 L)
@@ -390,11 +394,11 @@ def encode_video(
 def _decode_unscaled(
     cfg: VAEConfig, params: Params, z: jax.Array, chunk_frames: int | None, exact: bool
 ) -> jax.Array:
+    if chunk_frames is not None and chunk_frames <= 0:
+        raise ValueError(f"chunk_frames={chunk_frames} must be a positive number of latent frames")
     h = _apply(cfg, "decode_stem", params, z)  # (B, T, h, w, C_last)
     if chunk_frames is None or z.shape[1] <= 1 + chunk_frames:
         return _apply(cfg, "decode_body", params, h)
-    if chunk_frames <= 0:
-        raise ValueError(f"chunk_frames={chunk_frames} must be a positive number of latent frames")
     chunks = _split_frames(h, 1 + chunk_frames, chunk_frames)
     return jnp.concatenate(_stream(cfg, "decode_body", params, chunks, exact), axis=1)
 

@@ -12,6 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax.sharding import PartitionSpec as P
 
 from omnihuman_jax import vae_losses
 from omnihuman_jax.interop.diffusers_vae import WEIGHTS_NAME, load_vae, save_vae
@@ -56,6 +57,22 @@ def test_encode_rejects_frame_count_not_one_plus_four_k(params):
         V.encode_video(CFG, params, _video(4))
     with pytest.raises(ValueError, match="multiples of 8"):
         V.encode_video(CFG, params, _video(1, size=12))
+    with pytest.raises(ValueError, match="convert to float"):
+        V.encode_video(CFG, params, np.zeros((1, 1, 16, 16, 3), np.uint8))
+    with pytest.raises(ValueError, match="chunk_frames=3"):
+        V.encode_video(CFG, params, _video(5), chunk_frames=3)
+
+
+def test_logical_axes_cover_every_parameter():
+    specs = V.vae_logical_axes(CFG)
+    params = V.init_vae(CFG, jax.random.PRNGKey(0))
+    flat = jax.tree_util.tree_flatten_with_path(params)[0]
+    spec_of = dict(jax.tree_util.tree_flatten_with_path(specs, is_leaf=lambda x: isinstance(x, P))[0])
+    for path, leaf in flat:
+        spec = spec_of[path]
+        assert len(spec) == leaf.ndim, path
+        assert set(spec) <= {"conv_in", "conv_out", "norm", "null"}, (path, spec)
+    assert specs["encoder"]["conv_in"]["conv"]["kernel"] == P("null", "null", "null", "conv_in", "conv_out")
 
 
 def test_chunked_encode_equals_full_encode(params):
