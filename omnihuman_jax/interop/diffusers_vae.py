@@ -16,14 +16,13 @@ import warnings
 from pathlib import Path
 from typing import Any
 
-import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
 from safetensors import SafetensorError, safe_open
 from safetensors.numpy import save_file
 
-from omnihuman_jax.models.vae import AutoencoderKLHunyuanVideo, VAEConfig
+from omnihuman_jax.models.vae import VAEConfig, abstract_params
 
 CONFIG_NAME = "config.json"
 WEIGHTS_NAME = "diffusion_pytorch_model.safetensors"
@@ -55,10 +54,7 @@ def _to_torch(value: np.ndarray) -> np.ndarray:
 
 def _param_shapes(cfg: VAEConfig) -> dict[tuple[str, ...], tuple[int, ...]]:
     """Flax parameter path -> shape, from an abstract init (no compute)."""
-    s = cfg.spatial_compression_ratio
-    x = jax.ShapeDtypeStruct((1, 1, s, s, cfg.in_channels), jnp.float32)
-    abstract = jax.eval_shape(AutoencoderKLHunyuanVideo(cfg).init, jax.random.PRNGKey(0), x)
-    leaves = jax.tree_util.tree_flatten_with_path(nn.meta.unbox(abstract["params"]))[0]
+    leaves = jax.tree_util.tree_flatten_with_path(abstract_params(cfg))[0]
     return {tuple(k.key for k in key_path): tuple(leaf.shape) for key_path, leaf in leaves}
 
 

@@ -201,7 +201,7 @@ def init_vae(cfg: VAEConfig, rng: jax.Array) -> Params:
     Drawn with numpy from a seed taken from `rng`: jitting linen's `init` of the whole VAE compiles a
     forward pass plus one RNG program per tensor, which takes far longer than the draws themselves.
     """
-    abstract = _abstract_params(cfg)
+    abstract = abstract_params(cfg)
     gen = np.random.default_rng(int(jax.random.randint(rng, (), 0, 2**31 - 1)))
 
     def draw(path: tuple, leaf: jax.ShapeDtypeStruct) -> jax.Array:
@@ -277,17 +277,21 @@ def _initial_stats(cfg: VAEConfig, method: str, params: Params, chunk: jax.Array
     variant of the chunk function.
     """
     shapes = _moment_shapes(cfg, method, chunk.shape, chunk.dtype)
-    return _moments_to_stats(jax.tree.map(lambda a: jnp.ones(a.shape, a.dtype), shapes))
+    return jax.tree.map(
+        lambda m: {"mean": jnp.zeros(m["mean"].shape), "var": jnp.ones(m["m2"].shape)},
+        shapes,
+        is_leaf=lambda t: isinstance(t, dict) and "m2" in t,
+    )
 
 
 @functools.lru_cache(maxsize=32)
 def _moment_shapes(cfg: VAEConfig, method: str, shape: tuple[int, ...], dtype: Any) -> Params:
     x = jax.ShapeDtypeStruct(shape, dtype)
-    return jax.eval_shape(functools.partial(_apply_chunk, cfg, method), _abstract_params(cfg), x, {}, None)[2]
+    return jax.eval_shape(functools.partial(_apply_chunk, cfg, method), abstract_params(cfg), x, {}, None)[2]
 
 
 @functools.lru_cache(maxsize=8)
-def _abstract_params(cfg: VAEConfig) -> Params:
+def abstract_params(cfg: VAEConfig) -> Params:
     """Parameter shapes (jax.ShapeDtypeStruct tree) of a config, from an abstract init."""
     s = cfg.spatial_compression_ratio
     x = jax.ShapeDtypeStruct((1, 1, s, s, cfg.in_channels), jnp.float32)
