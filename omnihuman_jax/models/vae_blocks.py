@@ -154,11 +154,18 @@ class FrameCausalAttention(nn.Module):
         b, f, hgt, wid, c = x.shape
         h = GroupNorm(self.num_groups, name="group_norm")(x).reshape(b, f * hgt * wid, c)  # (B, N, C)
         q, k, v = (_dense(c, name)(h) for name in ("to_q", "to_k", "to_v"))
-        scores = jnp.einsum("bqc,bkc->bqk", q, k).astype(jnp.float32) / math.sqrt(c)  # (B, N, N)
-        frame = jnp.repeat(jnp.arange(f), hgt * wid)  # (N,)
-        scores = jnp.where(frame[None, :] <= frame[:, None], scores, -jnp.inf)
-        probs = jax.nn.softmax(scores, axis=-1).astype(v.dtype)
-        out = _dense(c, "to_out_0")(jnp.einsum("bqk,bkc->bqc", probs, v))
+        key_frame = jnp.repeat(jnp.arange(f), hgt * wid)  # (N,)
+
+        def attend(frame_and_queries: tuple[jax.Array, jax.Array]) -> jax.Array:
+            t, q_t = frame_and_queries  # q_t: (B, h w, C), the queries of frame t
+            scores = jnp.einsum("bqc,bkc->bqk", q_t, k).astype(jnp.float32) / math.sqrt(c)  # (B, h w, N)
+            scores = jnp.where(key_frame <= t, scores, -jnp.inf)
+            return jnp.einsum("bqk,bkc->bqc", jax.nn.softmax(scores, axis=-1).astype(v.dtype), v)
+
+        # one query frame at a time: peak memory (B, h w, N) scores instead of (B, N, N)
+        queries = q.reshape(b, f, hgt * wid, c).transpose(1, 0, 2, 3)  # (F, B, h w, C)
+        out = jax.lax.map(attend, (jnp.arange(f), queries))  # (F, B, h w, C)
+        out = _dense(c, "to_out_0")(out.transpose(1, 0, 2, 3).reshape(b, f * hgt * wid, c))
         return out.reshape(x.shape) + x
 
 
