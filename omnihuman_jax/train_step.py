@@ -28,22 +28,30 @@ def step_rng(seed: int, step: jax.Array) -> jax.Array:
     return jax.random.fold_in(jax.random.key(seed), step)
 
 
-def make_loss_fn(model: nn.Module, config: Any, shift: float) -> Callable:
+def make_loss_fn(model: nn.Module, config: Any) -> Callable:
     flow = config.flow
 
-    def loss_fn(params, batch: Batch, rng: jax.Array):
-        latents = batch["latents"]  # (B, T, h, w, C)
-        k_t, k_n = jax.random.split(rng)
-        t = fm.sample_timesteps(k_t, latents.shape[0], flow.logit_mean, flow.logit_std, shift)  # (B,)
-        noise = jax.random.normal(k_n, latents.shape, jnp.float32)
+    def loss_fn(params, batch: Batch):
+        """batch holds the training batch plus its draws `_t` (B,) and `_noise` (B, T, h, w, C)."""
+        latents, t, noise = batch["latents"], batch["_t"], batch["_noise"]
         x_t = fm.interpolate(latents, noise, t)
         pred = model.apply({"params": params}, model_inputs(batch, x_t), t)
         motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
         per_sample = fm.per_sample_loss(pred, fm.velocity_target(latents, noise), motion)  # (B,)
         loss = jnp.mean(per_sample * fm.loss_weight(t, flow.loss_weighting))
-        return loss, (per_sample, t)
+        return loss, per_sample
 
     return loss_fn
+
+
+def draw_flow_noise(batch: Batch, rng: jax.Array, config: Any, shift: float) -> Batch:
+    """Timesteps and noise for the whole global batch, from the step's RNG alone."""
+    latents = batch["latents"]
+    k_t, k_n = jax.random.split(rng)
+    flow = config.flow
+    t = fm.sample_timesteps(k_t, latents.shape[0], flow.logit_mean, flow.logit_std, shift)  # (B,)
+    noise = jax.random.normal(k_n, latents.shape, jnp.float32)
+    return {**batch, "_t": t, "_noise": noise}
 
 
 def _microbatches(batch: Batch, k: int) -> Batch:
@@ -57,21 +65,21 @@ def _microbatches(batch: Batch, k: int) -> Batch:
     return jax.tree.map(split, batch)
 
 
-def _grads(loss_fn: Callable, params, batch: Batch, rng: jax.Array, k: int):
+def _grads(loss_fn: Callable, params, batch: Batch, k: int):
+    """Mean loss and gradient over the batch, accumulated over k microbatches (same draws as k = 1)."""
     grad_fn = jax.value_and_grad(loss_fn, has_aux=True)
     if k == 1:
-        (loss, (per, t)), grads = grad_fn(params, batch, rng)
-        return loss, grads, per, t
+        (loss, per), grads = grad_fn(params, batch)
+        return loss, grads, per
 
-    def body(acc, xs):
-        i, micro = xs
-        (loss, (per, t)), g = grad_fn(params, micro, jax.random.fold_in(rng, i))
+    def body(acc, micro):
+        (loss, per), g = grad_fn(params, micro)
         acc = jax.tree.map(lambda a, b: a + b / k, acc, (loss, g))
-        return acc, (per, t)
+        return acc, per
 
     zero = (jnp.zeros((), jnp.float32), jax.tree.map(jnp.zeros_like, params))
-    (loss, grads), (per, t) = jax.lax.scan(body, zero, (jnp.arange(k), _microbatches(batch, k)))
-    return loss, grads, per.reshape(-1), t.reshape(-1)
+    (loss, grads), per = jax.lax.scan(body, zero, _microbatches(batch, k))
+    return loss, grads, jnp.swapaxes(per, 0, 1).reshape(-1)  # back to batch order
 
 
 def _bucket_metrics(per_sample: jax.Array, t: jax.Array, n: int) -> dict[str, jax.Array]:
@@ -88,14 +96,15 @@ def make_train_step(
     lr_fn: optax.Schedule,
 ) -> Callable[[TrainState, Batch], tuple[TrainState, dict[str, jax.Array]]]:
     """The pure (unjitted) step function."""
-    loss_fn = make_loss_fn(model, config, shift)
+    loss_fn = make_loss_fn(model, config)
     k = int(config.optimizer.grad_accum_steps)
     ema_decay = float(config.optimizer.ema_decay)
 
     def train_step(state: TrainState, batch: Batch):
-        rng = step_rng(config.seed, state.step)
-        loss, grads, per_sample, t = _grads(loss_fn, state.params, batch, rng, k)
-        grad_norm = optax.global_norm(grads)
+        batch = draw_flow_noise(batch, step_rng(config.seed, state.step), config, shift)
+        loss, grads, per_sample = _grads(loss_fn, state.params, batch, k)
+        t = batch["_t"]
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
         new_params = optax.apply_updates(state.params, updates)
