@@ -23,6 +23,7 @@ from omnihuman_jax import sharding as shd
 from omnihuman_jax.batch import sample_model_inputs, zeros_batch
 from omnihuman_jax.config_checks import validate_config
 from omnihuman_jax.flow_matching import resolution_shift
+from omnihuman_jax.latent_encoding import make_batch_preprocessor
 from omnihuman_jax.metrics import MetricWriter, bucket_losses, measure_matmul_peak
 from omnihuman_jax.models.dit import DiTConfig, OmniHumanDiT
 from omnihuman_jax.train_state import abstract_state, init_train_state, lr_schedule, make_optimizer
@@ -130,11 +131,12 @@ def _loop(config, state, step, step_fn, source, ckpt, writer, mesh) -> TrainResu
     flops_per_step = flops_lib.train_flops_per_step(config, config.batch_size)
     tokens_per_step = flops_lib.tokens_per_sample(config) * config.batch_size
     meta = {"config": json.loads(config.to_json_best_effort())}
+    preprocess = make_batch_preprocessor(config)
     last: dict[str, Any] = {}
     t_last, steps_since = time.perf_counter(), 0
     with _StopSignal() as stop:
         while step < config.total_steps:
-            batch = shd.shard_batch(next(source), mesh)
+            batch = shd.shard_batch(preprocess(next(source)), mesh)
             state, metrics = step_fn(state, batch)
             step += 1
             steps_since += 1

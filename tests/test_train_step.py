@@ -1,4 +1,4 @@
-"""The sharded train step: 8-device mesh equals 1 device, params sharded per the rules, overfitting, NaN guard."""
+"""The sharded train step: 8 devices equal 1, params sharded per the rules, overfitting, NaN guard."""
 
 from __future__ import annotations
 
