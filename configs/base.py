@@ -65,6 +65,7 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
     cfg.preset = preset
     cfg.seed = 0
     cfg.total_steps = 100
+    cfg.profile_steps = ""  # "START:END": write a JAX profiler trace of those steps to WORKDIR/profile
     cfg.max_nonfinite_steps = 10  # consecutive non-finite steps before the job stops (0: never)
 
     cfg.model = model_config()

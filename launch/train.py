@@ -12,7 +12,7 @@ from __future__ import annotations
 
 import sys
 
-from absl import app, flags
+from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
@@ -33,6 +33,8 @@ def make_source(config, process_index: int, process_count: int):
 
 def main(argv: list[str]) -> int:
     del argv
+    if not FLAGS.is_parsed() or FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)  # orbax logs every save at INFO
     from launch.distributed import maybe_initialize_distributed
 
     maybe_initialize_distributed()

@@ -107,7 +107,13 @@ def restore_params_only(path: str, abstract_params: Any) -> tuple[Any, list[str]
     return loaded, sorted(matching), sorted(set(flat_new) - matching)
 
 
+def _as_dict(tree: Any) -> Any:
+    """orbax tree metadata -> a plain dict tree."""
+    return tree.tree if hasattr(tree, "tree") else tree
+
+
 def _params_tree(tree: Any) -> Any:
+    tree = _as_dict(tree)
     if isinstance(tree, dict):
         return tree["params"]
     return tree.params
@@ -141,3 +147,47 @@ def merge_params(fresh: Any, loaded: dict[str, np.ndarray]) -> Any:
         return jax.device_put(np.asarray(loaded[key], dtype=leaf.dtype), leaf.sharding)
 
     return jax.tree_util.tree_map_with_path(pick, fresh)
+
+
+def load_run_config(path: str) -> dict:
+    """The config dict a run saved with its checkpoint (its `meta` item), from a workdir or step folder."""
+    import json
+
+    step_dir = _resolve_step_dir(path)
+    meta_dir = os.path.join(step_dir, "meta")
+    files = [f for f in os.listdir(meta_dir)] if os.path.isdir(meta_dir) else []
+    for name in files:
+        with open(os.path.join(meta_dir, name)) as f:
+            try:
+                meta = json.load(f)
+            except json.JSONDecodeError:
+                continue
+        if "config" in meta:
+            return meta["config"]
+    raise CheckpointError(f"{step_dir} has no saved run config (meta item); was it written by launch.train?")
+
+
+def load_params(path: str, which: str = "ema") -> tuple[Any, int]:
+    """Params (`which="params"`) or their EMA (`"ema"`) of the newest step in a workdir, or of a step folder.
+
+    Returns (params as host numpy arrays, step). Only that subtree is read from disk.
+    """
+    if which not in ("params", "ema"):
+        raise ValueError(f"which={which!r}: choose 'params' or 'ema'")
+    step_dir = _resolve_step_dir(path)
+    item = os.path.join(step_dir, "state")
+    if not os.path.isdir(item):
+        raise CheckpointError(f"{step_dir} holds no train state")
+    ckptr = ocp.StandardCheckpointer()
+    meta = _as_dict(ckptr.metadata(item).item_metadata)
+    key = "params" if which == "params" else "ema_params"
+    abstract = jax.tree.map(lambda m: np.empty(m.shape, m.dtype), meta[key])
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), abstract)
+    handler = ocp.PyTreeCheckpointer()
+    restored = handler.restore(
+        item,
+        args=ocp.args.PyTreeRestore(
+            item={key: abstract}, restore_args={key: restore_args}, partial_restore=True
+        ),
+    )
+    return restored[key], int(os.path.basename(step_dir))

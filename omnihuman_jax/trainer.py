@@ -44,6 +44,32 @@ class TrainResult:
     preempted: bool = False
 
 
+class _Profiler:
+    """Writes a JAX profiler trace for steps START..END-1 (`config.profile_steps = "START:END"`)."""
+
+    def __init__(self, spec: str, workdir: str):
+        self.start = self.end = -1
+        self.dir = f"{workdir}/profile"
+        if spec:
+            try:
+                self.start, self.end = (int(x) for x in spec.split(":"))
+            except ValueError as e:
+                raise ValueError(f"config.profile_steps={spec!r}: expected START:END, e.g. 5:8") from e
+        self.active = False
+
+    def before(self, step: int) -> None:
+        if step == self.start and not self.active:
+            jax.profiler.start_trace(self.dir)
+            self.active = True
+
+    def after(self, step: int, metrics) -> None:
+        if self.active and step >= self.end:
+            jax.block_until_ready(metrics)
+            jax.profiler.stop_trace()
+            self.active = False
+            print(f"profiler trace of steps {self.start}:{self.end} written to {self.dir}", flush=True)
+
+
 class _StopSignal:
     """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
 
@@ -132,13 +158,16 @@ def _loop(config, state, step, step_fn, source, ckpt, writer, mesh) -> TrainResu
     tokens_per_step = flops_lib.tokens_per_sample(config) * config.batch_size
     meta = {"config": json.loads(config.to_json_best_effort())}
     preprocess = make_batch_preprocessor(config)
+    profiler = _Profiler(config.profile_steps, ckpt.directory.rsplit("/", 1)[0])
     last: dict[str, Any] = {}
     t_last, steps_since = time.perf_counter(), 0
     with _StopSignal() as stop:
         while step < config.total_steps:
             batch = shd.shard_batch(preprocess(next(source)), mesh)
+            profiler.before(step)
             state, metrics = step_fn(state, batch)
             step += 1
+            profiler.after(step, metrics)
             steps_since += 1
             if step % config.metrics.every_steps == 0 or step == config.total_steps:
                 metrics = jax.device_get(metrics)
