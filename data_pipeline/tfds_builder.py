@@ -38,7 +38,6 @@ from __future__ import annotations
 import dataclasses
 import logging
 import os
-import pickle
 import shutil
 import types
 import uuid
@@ -82,7 +81,7 @@ class _ClipBuilderBase(tfds.core.GeneratorBasedBuilder, skip_registration=True):
         return {split: self._generate_examples(split) for split in self._splits}
 
     def _generate_examples(self, split: str):
-        for record in _read_spool(self._spool_dir / f"{split}.pkl"):
+        for record in _read_spool(self._spool_dir / split):
             yield record["clip_id"], record
 
 
@@ -110,13 +109,15 @@ class WriteReport:
         return len(self.skipped)
 
 
-def _read_spool(path: Path) -> Iterator[dict]:
-    with open(path, "rb") as f:
-        while True:
-            try:
-                yield pickle.load(f)
-            except EOFError:
-                return
+def _read_spool(split_dir: Path) -> Iterator[dict]:
+    """Records spooled as one .npz each (numpy only, never pickle), in write order."""
+    for path in sorted(split_dir.glob("*.npz")):
+        with np.load(path, allow_pickle=False) as z:
+            record = {k: z[k] for k in z.files}
+        record["clip_id"] = str(record["clip_id"])
+        for name, dtype in records.SCALAR_FIELDS.items():
+            record[name] = dtype(record[name])
+        yield record
 
 
 def _normalise(record: Mapping[str, Any]) -> dict[str, Any]:
@@ -131,35 +132,32 @@ def _normalise(record: Mapping[str, Any]) -> dict[str, Any]:
 
 def _spool(records_iter: Iterable[Mapping[str, Any]], spool_dir: Path) -> tuple[dict[str, int], list]:
     spool_dir.mkdir(parents=True)
-    files: dict[str, Any] = {}
     counts: dict[str, int] = {}
     skipped: list[tuple[str, str]] = []
     seen: set[str] = set()
-    try:
-        for record in records_iter:
-            clip = str(record.get("clip_id", "<no clip_id>"))
-            try:
-                records.validate_record(record)
-            except records.RecordError as e:
-                log.warning("skipping bad record: %s", e)
-                skipped.append((clip, str(e)))
-                continue
-            if clip in seen:
-                log.warning("skipping duplicate clip_id %r", clip)
-                skipped.append((clip, "duplicate clip_id"))
-                continue
-            seen.add(clip)
-            split = str(record.get("split") or DEFAULT_SPLIT)
-            if split not in files:
-                if not split.isidentifier():
-                    raise ValueError(f"record {clip!r}: split name {split!r} must be an identifier")
-                files[split] = open(spool_dir / f"{split}.pkl", "wb")
-                counts[split] = 0
-            pickle.dump(_normalise(record), files[split], protocol=pickle.HIGHEST_PROTOCOL)
-            counts[split] += 1
-    finally:
-        for f in files.values():
-            f.close()
+    for record in records_iter:
+        clip = str(record.get("clip_id", "<no clip_id>"))
+        try:
+            records.validate_record(record)
+        except records.RecordError as e:
+            log.warning("skipping bad record: %s", e)
+            skipped.append((clip, str(e)))
+            continue
+        if clip in seen:
+            log.warning("skipping duplicate clip_id %r", clip)
+            skipped.append((clip, "duplicate clip_id"))
+            continue
+        seen.add(clip)
+        split = str(record.get("split") or DEFAULT_SPLIT)
+        if split not in counts:
+            if not split.isidentifier():
+                raise ValueError(f"record {clip!r}: split name {split!r} must be an identifier")
+            (spool_dir / split).mkdir()
+            counts[split] = 0
+        record = _normalise(record)
+        record["clip_id"] = np.asarray(record["clip_id"])  # a unicode array, no pickle needed
+        np.savez(spool_dir / split / f"{counts[split]:09d}.npz", **record)
+        counts[split] += 1
     return counts, skipped
 
 
