@@ -306,7 +306,10 @@ def _check_pools(config: Any, indexes: list[dict[str, np.ndarray]], dirs: list[s
                 f"condition_ratios.{condition}=0"
             )
     if ratios["motion"] > 0 and not any(np.any(ix["motion_eligible"] & ix["valid"]) for ix in indexes):
-        log.warning("condition_ratios.motion > 0 but no clip has >= 2 latent frames; motion stays off")
+        log.warning(
+            "condition_ratios.motion > 0 but no clip has >= %d latent frames; motion stays off",
+            masking.MIN_MOTION_LATENT_FRAMES,
+        )
     modes = {bool(m) for ix in indexes for m in ix["frames_only"][ix["valid"]]}
     if len(modes) > 1:
         raise ValueError(f"data dirs {dirs} mix latent and frames-only records; build them all one way")

@@ -18,7 +18,9 @@ import numpy as np
 CONDITIONS: tuple[str, ...] = ("text", "reference", "audio", "pose", "motion")
 # Motion-related conditions from weak to strong (section 3.3); motion frames are not in this order.
 STRENGTH_ORDER: tuple[str, ...] = ("text", "reference", "audio", "pose")
-MIN_MOTION_LATENT_FRAMES = 2  # motion frames are latent frames 0 and 1
+# Motion frames are latent frames 0 and 1 (docs/design.md); a clip needs at least one more latent frame
+# left to predict, so motion frames need 3 latent frames (9 video frames).
+MIN_MOTION_LATENT_FRAMES = 3
 
 # Salts keep the random streams of one sample independent of each other.
 SALT_MASK = 0
@@ -53,7 +55,8 @@ def eligibility(
     """(5,) bool: which conditions a sample can take, in CONDITIONS order.
 
     Text needs at least one valid token; the reference is always available; audio and pose follow the
-    record's eligibility flags; motion frames need `MIN_MOTION_LATENT_FRAMES` latent frames.
+    record's eligibility flags; motion frames need `MIN_MOTION_LATENT_FRAMES` latent frames: the two
+    motion latent frames plus at least one frame left to predict.
     """
     return np.array(
         [

@@ -13,6 +13,8 @@ from data_pipeline.synthetic import synthetic_record
 from tests.data_pipeline.test_tfds_builder import _build_args, _raw_manifest
 
 SHAPES = {0: (4, 4), 1: (2, 6)}  # bucket -> latent (h, w)
+# bucket -> latent frames: 2 is too short for motion frames (latent frames 0, 1), 3 leaves one to predict
+LATENT_FRAMES = {0: 2, 1: 3}
 
 
 def _write(path, n_per_bucket=8, seed=0, **kw):
@@ -27,6 +29,7 @@ def _write(path, n_per_bucket=8, seed=0, **kw):
                     f"s{seed}_b{bucket}_{i}",
                     bucket=bucket,
                     latent_hw=hw,
+                    latent_frames=LATENT_FRAMES[bucket],
                     audio_eligible=kw.get("audio_eligible", k % 3 != 0),
                     pose_eligible=kw.get("pose_eligible", k % 2 == 0),
                     num_refs=3,
@@ -98,7 +101,8 @@ def test_masks_follow_ratios_and_eligibility_and_dropped_conditions_are_zeroed(d
             rec = by_latents[b["latents"][i].tobytes()]
             cm = b["condition_mask"][i]
             masks.append(cm)
-            eligible.append(masking.eligibility_from_record(rec, 2))
+            t = rec["latents"].shape[0]
+            eligible.append(masking.eligibility_from_record(rec, t))
             if not cm[2]:
                 assert not b["audio_feats"][i].any()
             if not cm[3]:
@@ -110,7 +114,7 @@ def test_masks_follow_ratios_and_eligibility_and_dropped_conditions_are_zeroed(d
                 ref_choice.append(hits[0])
             else:
                 assert not b["ref_latents"][i].any()
-            assert b["motion_mask"][i].tolist() == [bool(cm[4])] * 2
+            assert b["motion_mask"][i].tolist() == [bool(cm[4])] * 2 + [False] * (t - 2)
     masks, eligible = np.array(masks), np.array(eligible)
     assert not np.any(masks & ~eligible), "an ineligible condition was active"
     ratios = masking.ratios_vector(cfg.condition_ratios)
@@ -158,7 +162,8 @@ def test_two_processes_read_disjoint_shards_that_cover_the_data_with_matching_sh
     p1 = _take(grain_pipeline.make_train_iterator(cfg, 1, 2), steps)
     ids = [set(), set()]
     for a, b in zip(p0, p1, strict=True):
-        assert a["latents"].shape == b["latents"].shape == (2, 2, *a["latents"].shape[2:])
+        assert a["latents"].shape == b["latents"].shape
+        assert a["latents"].shape[:2] == (2, LATENT_FRAMES[1 if a["latents"].shape[2:4] == SHAPES[1] else 0])
         for p, batch in enumerate((a, b)):
             ids[p].update(by_latents[x.tobytes()]["clip_id"] for x in batch["latents"])
     assert ids[0].isdisjoint(ids[1])

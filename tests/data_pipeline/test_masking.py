@@ -57,9 +57,23 @@ def test_eligibility_rules_for_text_motion_and_flags():
     )
     assert e.tolist() == [False, True, True, False, False]
     e = masking.eligibility(
-        text_mask=np.array([True]), audio_eligible=False, pose_eligible=True, latent_frames=2
+        text_mask=np.array([True]), audio_eligible=False, pose_eligible=True, latent_frames=3
     )
     assert e.tolist() == [True, True, False, True, True]
+
+
+def test_motion_needs_a_latent_frame_left_to_predict():
+    # Motion frames are latent frames 0 and 1: with only 2 latent frames nothing would be predicted.
+    assert masking.motion_latent_frames(5) == 2
+    for latent_frames, ok in [(1, False), (2, False), (3, True), (4, True)]:
+        e = masking.eligibility(
+            text_mask=np.ones(1, bool),
+            audio_eligible=True,
+            pose_eligible=True,
+            latent_frames=latent_frames,
+        )
+        assert bool(e[4]) is ok, f"latent_frames={latent_frames}: motion eligible {bool(e[4])}"
+    assert masking.MIN_MOTION_LATENT_FRAMES == masking.motion_latent_frames(5) + 1
 
 
 def test_ratios_vector_rejects_missing_and_out_of_range_ratios():
