@@ -18,6 +18,7 @@ setup(
         "ml-collections>=1.1",
         "absl-py",
         "numpy",
+        "scipy",
         "tensorboardX",
         "tqdm",
         "av>=14",
