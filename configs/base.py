@@ -67,6 +67,8 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
     cfg.total_steps = 100
     cfg.profile_steps = ""  # "START:END": write a JAX profiler trace of those steps to WORKDIR/profile
     cfg.max_nonfinite_steps = 10  # consecutive non-finite steps before the job stops (0: never)
+    cfg.loss_spike_factor = 5.0  # log a spike when loss > this x the running mean (0: off)
+    cfg.loss_spike_window = 50  # steps in that running mean
 
     cfg.model = model_config()
     cfg.model.update(PRESETS[preset]["model"])

@@ -1,10 +1,13 @@
 """Checkpoints with orbax's CheckpointManager: train state, data-iterator state and run metadata.
 
 Saves are asynchronous every N steps and keep the last K; orbax commits each step atomically (a temporary
-folder renamed when complete), so a crash mid-save leaves the previous complete step intact. Restore goes
-onto abstract arrays that carry the current mesh's shardings, which reshards a checkpoint written on any
-other mesh. A later training stage can initialise from an earlier stage's params where names and shapes
-match; new condition modules keep their zero-init.
+folder renamed when complete), so a crash mid-save leaves the previous complete step intact. Temporary
+folders left by a killed save are removed, with a log line, when the next run opens the folder. Restore
+goes onto abstract arrays that carry the current mesh's shardings, which reshards a checkpoint written
+on any other mesh. A step that fails to restore (a truncated or damaged file) is moved aside, never
+deleted, and the previous step is used; a step written by another model config is an error, not damage.
+A later training stage can initialise from an earlier stage's params where names and shapes match; new
+condition modules keep their zero-init. Design: orbax's CheckpointManager and preemption sync point.
 """
 
 from __future__ import annotations
@@ -20,15 +23,53 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
+TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's marker of a step folder whose save never committed
+DAMAGED_PREFIX = "damaged_step_"
+
+
 def checkpoint_dir(workdir: str) -> str:
     return os.path.join(os.path.abspath(workdir), "checkpoints")
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+def incomplete_saves(directory: str) -> list[str]:
+    """Names of step folders a killed save left behind (orbax temporary folders)."""
+    if not os.path.isdir(directory):
+        return []
+    return sorted(name for name in os.listdir(directory) if TMP_SUFFIX in name)
+
+
+def _short(e: Exception, limit: int = 400) -> str:
+    text = str(e).split(" [tensorstore_spec", 1)[0]
+    return text if len(text) <= limit else text[:limit] + " ..."
+
+
+def _is_primary() -> bool:
+    return jax.process_index() == 0
+
+
+def _sync(tag: str) -> None:
+    if jax.process_count() > 1:
+        from jax.experimental import multihost_utils
+
+        multihost_utils.sync_global_devices(tag)
 
 
 class Checkpointer:
     def __init__(self, workdir: str, *, max_to_keep: int = 3, async_save: bool = True):
         self.directory = checkpoint_dir(workdir)
+        leftovers = incomplete_saves(self.directory)
+        if leftovers and _is_primary():
+            msg = f"removing {len(leftovers)} incomplete checkpoint save(s) in {self.directory}: {leftovers}"
+            log.warning(msg)
         options = ocp.CheckpointManagerOptions(
-            max_to_keep=max_to_keep, create=True, enable_async_checkpointing=async_save
+            max_to_keep=max_to_keep,
+            create=True,
+            enable_async_checkpointing=async_save,
+            cleanup_tmp_directories=True,
         )
         self.manager = ocp.CheckpointManager(
             self.directory, options=options, item_names=("state", "data", "meta")
@@ -40,15 +81,49 @@ class Checkpointer:
     def all_steps(self) -> list[int]:
         return list(self.manager.all_steps())
 
+    def reached_preemption(self, step: int) -> bool:
+        """True on every host at the step JAX's preemption service picked after a preemption notice."""
+        return bool(self.manager.reached_preemption(step))
+
     def save(
         self, step: int, state: Any, data_state: dict | None, meta: dict, *, force: bool = False
     ) -> bool:
+        """Starts saving `step` (asynchronously when enabled; orbax first waits for a save in flight)."""
         args = ocp.args.Composite(
             state=ocp.args.StandardSave(state),
             data=ocp.args.JsonSave(data_state or {}),
             meta=ocp.args.JsonSave(meta),
         )
         return self.manager.save(step, args=args, force=force)
+
+    def check_compatible(self, step: int, abstract_state: Any) -> None:
+        """Raises CheckpointError when `step` holds differently named or shaped params (another config).
+
+        Unreadable metadata is left to `restore`, which treats it as damage.
+        """
+        try:
+            item = os.path.join(self.directory, str(step), "state")
+            stored = ocp.StandardCheckpointer().metadata(item).item_metadata
+        except Exception:  # damaged metadata: restore() reports it
+            return
+        try:
+            old = _flatten_names(_params_tree(stored))
+        except (KeyError, AttributeError, TypeError):  # unreadable metadata: restore() reports it
+            return
+        new = _flatten_names(_params_tree(abstract_state))
+        missing, extra = sorted(set(new) - set(old)), sorted(set(old) - set(new))
+        shapes = [
+            f"{k}: {tuple(old[k].shape)} -> {tuple(new[k].shape)}"
+            for k in sorted(set(old) & set(new))
+            if hasattr(old[k], "shape") and tuple(old[k].shape) != tuple(new[k].shape)
+        ]
+        if missing or extra or shapes:
+            raise CheckpointError(
+                f"checkpoint step {step} in {self.directory} was written by a different model or optimizer "
+                f"config (missing {missing[:5]}, unexpected {extra[:5]}, shape changes {shapes[:5]}); "
+                "resume with the config it was written with, or start a new workdir with "
+                "checkpoint.init_from pointing here"
+            )
 
     def restore(self, step: int, abstract_state: Any) -> tuple[Any, dict, dict]:
         args = ocp.args.Composite(
@@ -60,19 +135,47 @@ class Checkpointer:
             out = self.manager.restore(step, args=args)
         except Exception as e:  # orbax raises many types for damaged files
             raise CheckpointError(
-                f"checkpoint step {step} in {self.directory} could not be restored: {e}"
+                f"checkpoint step {step} in {self.directory} could not be restored (a truncated or "
+                f"damaged file?): {type(e).__name__}: {_short(e)}"
             ) from e
         return out.state, dict(out.data or {}), dict(out.meta or {})
 
     def restore_latest(self, abstract_state: Any) -> tuple[int, Any, dict, dict] | None:
-        """Newest restorable step, falling back to older ones when the newest is damaged."""
-        for step in sorted(self.all_steps(), reverse=True):
+        """Newest restorable step, falling back to older ones when the newest is damaged.
+
+        A damaged step is moved aside to `damaged_step_<N>` (kept for inspection) so the run can save
+        that step number again. Returns None when there is no checkpoint; raises CheckpointError when
+        there were checkpoints but none could be restored, or when they belong to another config.
+        """
+        steps = sorted(self.all_steps(), reverse=True)
+        for step in steps:
+            self.check_compatible(step, abstract_state)
             try:
                 state, data, meta = self.restore(step, abstract_state)
                 return step, state, data, meta
             except CheckpointError as e:
-                log.error("%s; falling back to the previous step", e)
+                aside = self._move_aside(step)
+                msg = f"{e}; moved it to {aside} and falling back to the previous step"
+                log.error(msg)
+        if steps:
+            raise CheckpointError(
+                f"none of the checkpoint steps {steps} in {self.directory} could be restored; they were "
+                f"moved aside as {DAMAGED_PREFIX}<step>; run again to start from scratch"
+            )
         return None
+
+    def _move_aside(self, step: int) -> str:
+        src = os.path.join(self.directory, str(step))
+        dst = os.path.join(self.directory, f"{DAMAGED_PREFIX}{step}")
+        n = 1
+        while os.path.exists(dst):
+            dst = os.path.join(self.directory, f"{DAMAGED_PREFIX}{step}.{n}")
+            n += 1
+        if _is_primary() and os.path.isdir(src):
+            os.rename(src, dst)
+        _sync(f"checkpoint_move_aside_{step}")
+        self.manager.reload()
+        return dst
 
     def wait(self) -> None:
         self.manager.wait_until_finished()
@@ -80,10 +183,6 @@ class Checkpointer:
     def close(self) -> None:
         self.manager.wait_until_finished()
         self.manager.close()
-
-
-class CheckpointError(RuntimeError):
-    pass
 
 
 def restore_params_only(path: str, abstract_params: Any) -> tuple[Any, list[str], list[str]]:
@@ -135,6 +234,19 @@ def _resolve_step_dir(path: str) -> str:
 def _flatten(tree: Any) -> dict[str, Any]:
     flat = jax.tree_util.tree_flatten_with_path(tree)[0]
     return {jax.tree_util.keystr(p): v for p, v in flat}
+
+
+def _flatten_names(tree: Any) -> dict[str, Any]:
+    """Leaves by a plain "a/b/0" path, the same for dicts, dataclasses and sequences."""
+
+    def name(entry: Any) -> str:
+        for attr in ("key", "name", "idx"):
+            if hasattr(entry, attr):
+                return str(getattr(entry, attr))
+        return str(entry)
+
+    flat = jax.tree_util.tree_flatten_with_path(tree)[0]
+    return {"/".join(name(e) for e in p): v for p, v in flat}
 
 
 def merge_params(fresh: Any, loaded: dict[str, np.ndarray]) -> Any:

@@ -1,14 +1,20 @@
 """The training loop: mesh, sharded state, restore-or-init, jitted steps, metrics, checkpoints, preemption.
 
 It knows nothing of the CLI or of files beyond its workdir: `launch/train.py` passes the config and a
-data-source factory (docs/design.md, Data source API).
+data-source factory (docs/design.md, Data source API). Reliability (docs/reliability.md): SIGTERM / SIGINT
+or JAX's multi-host preemption sync point (`CheckpointManager.reached_preemption`) end the run after the
+current step with a synchronous checkpoint of that step; the non-finite streak is checked every step,
+one step behind the device so dispatch never stalls, and no checkpoint is written inside a streak; loss
+spikes over `loss_spike_factor` times the running mean are reported.
 """
 
 from __future__ import annotations
 
+import collections
 import dataclasses
 import json
 import logging
+import math
 import signal
 import time
 from collections.abc import Callable
@@ -71,26 +77,89 @@ class _Profiler:
 
 
 class _StopSignal:
-    """Turns SIGTERM / SIGINT into a flag the loop checks after each step."""
+    """Turns SIGTERM / SIGINT into a flag the loop checks after each step.
 
-    def __init__(self):
+    With several processes, SIGTERM is left to JAX's preemption service (a Python handler would replace
+    its notifier) and the hosts agree on the stop step through `Checkpointer.reached_preemption`; SIGINT
+    keeps its default there, since one host stopping alone would hang the others' collectives.
+    A second SIGINT on a single host aborts at once (a save in flight stays uncommitted, never corrupt).
+    """
+
+    def __init__(self, single_process: bool):
         self.received: int | None = None
-        self._old = {}
+        self._signals = (signal.SIGTERM, signal.SIGINT) if single_process else ()
+        self._old: dict[int, Any] = {}
 
-    def __enter__(self):
-        for sig in (signal.SIGTERM, signal.SIGINT):
+    def __enter__(self) -> _StopSignal:
+        for sig in self._signals:
             try:
                 self._old[sig] = signal.signal(sig, self._handle)
             except ValueError:  # not the main thread
                 pass
         return self
 
-    def _handle(self, signum, _frame):
-        self.received = signum
+    def _handle(self, signum: int, _frame) -> None:
+        if self.received is None:
+            self.received = signum
+            print(
+                f"received {signal.Signals(signum).name}: finishing the current step, then saving a "
+                "checkpoint and stopping",
+                flush=True,
+            )
+        elif signum == signal.SIGINT:
+            raise KeyboardInterrupt("second SIGINT: aborting without the final checkpoint")
 
-    def __exit__(self, *exc):
+    def __exit__(self, *exc) -> None:
         for sig, old in self._old.items():
             signal.signal(sig, old)
+
+    def describe(self) -> str:
+        return signal.Signals(self.received).name if self.received else "a preemption notice"
+
+
+class _Health:
+    """Host-side watch over each step's loss and non-finite streak.
+
+    Raises NonFiniteError after `max_nonfinite` consecutive non-finite steps; counts a loss above
+    `spike_factor` times the mean of the last `window` finite losses as a spike (once `window // 5`
+    losses are known).
+    """
+
+    def __init__(self, max_nonfinite: int, spike_factor: float, window: int):
+        self.max_nonfinite = max_nonfinite
+        self.spike_factor = spike_factor
+        self.history: collections.deque[float] = collections.deque(maxlen=max(window, 1))
+        self.min_history = max(1, window // 5)
+        self.streak = 0
+        self.spikes_total = 0
+
+    def observe(self, step: int, loss: float, streak: int) -> None:
+        self.streak = streak
+        if self.max_nonfinite and streak >= self.max_nonfinite:
+            raise NonFiniteError(
+                f"{streak} consecutive non-finite steps (loss or gradient) up to step {step}: stopping. "
+                f"Params, EMA and optimizer state were not updated by those steps, and no checkpoint was "
+                f"written during them, so the newest checkpoint is the last good state; check the data, "
+                f"lower optimizer.lr, or raise max_nonfinite_steps."
+            )
+        if not math.isfinite(loss):
+            return
+        if self.spike_factor > 0 and len(self.history) >= self.min_history:
+            mean = sum(self.history) / len(self.history)
+            if mean > 0 and loss > self.spike_factor * mean:
+                self.spikes_total += 1
+                msg = (
+                    f"loss spike at step {step}: loss {loss:.4g} is {loss / mean:.1f}x the running mean "
+                    f"{mean:.4g} of the last {len(self.history)} steps "
+                    f"(loss_spike_factor={self.spike_factor})"
+                )
+                log.warning(msg)
+                print(f"warning: {msg}", flush=True)
+        self.history.append(loss)
+
+    @property
+    def running_mean(self) -> float:
+        return sum(self.history) / len(self.history) if self.history else float("nan")
 
 
 def build_model(config: Any) -> OmniHumanDiT:
@@ -118,6 +187,15 @@ def _restore_or_init(config, ckpt, state, shardings, source) -> tuple[Any, int]:
 
 
 def train(config: Any, workdir: str, make_source: SourceFactory) -> TrainResult:
+    """Trains to `config.total_steps`, resuming from the newest complete checkpoint in `workdir`.
+
+    Signal handlers are installed first, so SIGTERM / SIGINT during start-up also end the run cleanly.
+    """
+    with _StopSignal(single_process=jax.process_count() == 1) as stop:
+        return _train(config, workdir, make_source, stop)
+
+
+def _train(config: Any, workdir: str, make_source: SourceFactory, stop: _StopSignal) -> TrainResult:
     for warning in validate_config(config):
         log.warning(warning)
         print(f"warning: {warning}", flush=True)
@@ -142,59 +220,103 @@ def train(config: Any, workdir: str, make_source: SourceFactory) -> TrainResult:
     writer = MetricWriter(workdir, config.metrics.tensorboard, is_primary=pidx == 0)
     try:
         state, step = _restore_or_init(config, ckpt, state, shardings, source)
+        if stop.received:
+            print(f"received {stop.describe()} before the first step: stopped at step {step}", flush=True)
+            return TrainResult(step, {}, preempted=True)
         step_fn = jit_train_step(
             make_train_step(model, optimizer, config, shift, lr_fn), shardings, example, mesh, rules
         )
-        return _loop(config, state, step, step_fn, source, ckpt, writer, mesh)
+        return _loop(config, state, step, step_fn, source, ckpt, writer, mesh, stop)
     finally:
         ckpt.close()
         writer.close()
         source.close()
 
 
-def _loop(config, state, step, step_fn, source, ckpt, writer, mesh) -> TrainResult:
+def _health(config: Any) -> _Health:
+    return _Health(
+        max_nonfinite=int(config.get("max_nonfinite_steps", 0) or 0),
+        spike_factor=float(config.get("loss_spike_factor", 0.0) or 0.0),
+        window=int(config.get("loss_spike_window", 50) or 50),
+    )
+
+
+def _observe(health: _Health, step: int, metrics: dict[str, Any]) -> None:
+    """Reads the two scalars the health watch needs (blocks until that step has run)."""
+    loss, streak = jax.device_get((metrics["loss"], metrics["nonfinite_streak"]))
+    health.observe(step, float(loss), int(streak))
+
+
+def _loop(config, state, step, step_fn, source, ckpt, writer, mesh, stop) -> TrainResult:
     peak = config.metrics.peak_flops_per_device or measure_matmul_peak()
     flops_per_step = flops_lib.train_flops_per_step(config, config.batch_size)
     tokens_per_step = flops_lib.tokens_per_sample(config) * config.batch_size
     meta = {"config": json.loads(config.to_json_best_effort())}
     preprocess = make_batch_preprocessor(config)
     profiler = _Profiler(config.profile_steps, ckpt.directory.rsplit("/", 1)[0])
+    health = _health(config)
     last: dict[str, Any] = {}
+    pending: tuple[int, Any] | None = None  # a dispatched step whose scalars are not yet read
+    save_due, deferred_from = False, None
     t_last, steps_since = time.perf_counter(), 0
-    with _StopSignal() as stop:
-        while step < config.total_steps:
-            batch = shd.shard_batch(preprocess(next(source)), mesh)
-            profiler.before(step)
-            state, metrics = step_fn(state, batch)
-            step += 1
-            profiler.after(step, metrics)
-            steps_since += 1
-            if step % config.metrics.every_steps == 0 or step == config.total_steps:
-                metrics = jax.device_get(metrics)
-                now = time.perf_counter()
-                step_time = (now - t_last) / steps_since
-                t_last, steps_since = now, 0
-                last = _scalars(
-                    metrics,
-                    step_time,
-                    config.batch_size,
-                    tokens_per_step,
-                    flops_per_step,
-                    peak * jax.device_count(),
-                    source,
-                )
-                writer.write(step, last)
-                _check_nonfinite(config, metrics, step)
-            if step % config.checkpoint.every_steps == 0 or step == config.total_steps or stop.received:
-                ckpt.save(step, state, source.get_state(), {**meta, "step": step}, force=bool(stop.received))
-            if stop.received:
-                ckpt.wait()
-                print(
-                    f"received signal {stop.received}: saved checkpoint at step {step} and stopped",
-                    flush=True,
-                )
-                return TrainResult(step, last, preempted=True)
+    while step < config.total_steps:
+        batch = shd.shard_batch(preprocess(next(source)), mesh)
+        profiler.before(step)
+        state, metrics = step_fn(state, batch)
+        step += 1
+        profiler.after(step, metrics)
+        steps_since += 1
+        if pending is not None:  # the previous step, read while this one runs
+            _observe(health, *pending)
+        pending = (step, metrics)
+        stopping = bool(stop.received) or ckpt.reached_preemption(step)  # every host, every step
+        metric_step = step % config.metrics.every_steps == 0 or step == config.total_steps
+        save_due = save_due or step % config.checkpoint.every_steps == 0 or step == config.total_steps
+        if not (metric_step or save_due or stopping):
+            continue
+        _observe(health, *pending)
+        pending = None
+        if metric_step:
+            metrics = jax.device_get(metrics)
+            now = time.perf_counter()
+            step_time = (now - t_last) / steps_since
+            t_last, steps_since = now, 0
+            last = _scalars(
+                metrics,
+                step_time,
+                config.batch_size,
+                tokens_per_step,
+                flops_per_step,
+                peak * jax.device_count(),
+                source,
+            )
+            last["loss_spikes_total"] = health.spikes_total
+            writer.write(step, last)
+        if (save_due or stopping) and health.streak == 0:
+            ckpt.save(step, state, source.get_state(), {**meta, "step": step}, force=stopping)
+            save_due, deferred_from = False, None
+        elif save_due and deferred_from is None:
+            deferred_from = step
+            print(
+                f"step {step} is inside a non-finite streak ({health.streak} steps): "
+                f"checkpoint deferred to the next finite step",
+                flush=True,
+            )
+        if stopping:
+            ckpt.wait()
+            saved = ckpt.latest_step()
+            print(
+                f"received {stop.describe()}: stopped after step {step}; the newest checkpoint is "
+                f"step {saved}",
+                flush=True,
+            )
+            return TrainResult(step, last, preempted=True)
     ckpt.wait()
+    if deferred_from is not None:
+        print(
+            f"the run ended inside a non-finite streak: the newest checkpoint is step {ckpt.latest_step()}",
+            flush=True,
+        )
     return TrainResult(step, last)
 
 
@@ -216,14 +338,3 @@ def _scalars(metrics, step_time, batch_size, tokens, flops, peak_total, source) 
     if skipped is not None:
         out["skipped_records"] = int(skipped)
     return out
-
-
-def _check_nonfinite(config, metrics, step) -> None:
-    limit = int(config.get("max_nonfinite_steps", 0) or 0)
-    streak = int(metrics["nonfinite_streak"])
-    if limit and streak >= limit:
-        raise NonFiniteError(
-            f"{streak} consecutive non-finite steps (loss or gradient) up to step {step}: stopping. "
-            f"Params were not updated by those steps and the last checkpoint is intact; check the data "
-            f"and lower optimizer.lr, or raise max_nonfinite_steps."
-        )
