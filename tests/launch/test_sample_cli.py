@@ -1,0 +1,180 @@
+"""`python -m launch.sample` end to end on a tiny random checkpoint and VAE, and its bad-input errors."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import av
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+import soundfile
+from PIL import Image
+
+from configs import stage2
+from launch import sample as cli
+from omnihuman_jax.batch import sample_model_inputs, zeros_batch
+from omnihuman_jax.checkpointing import Checkpointer
+from omnihuman_jax.interop.diffusers_vae import save_vae
+from omnihuman_jax.models.dit import DiTConfig, OmniHumanDiT
+from omnihuman_jax.models.vae import VAEConfig, init_vae
+
+REPO = Path(__file__).resolve().parents[2]
+FPS = 10.0
+AUDIO_SECONDS = 3.3
+
+
+def _tiny_config():
+    return stage2.get_config("tiny")
+
+
+def _save_checkpoint(workdir: Path, config, params) -> None:
+    ckpt = Checkpointer(str(workdir), async_save=False)
+    state = {"params": params, "ema_params": params, "step": np.int32(1)}
+    ckpt.save(1, state, {}, {"config": json.loads(config.to_json_best_effort()), "step": 1})
+    ckpt.close()
+
+
+@pytest.fixture(scope="module")
+def assets(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("sample")
+    config = _tiny_config()
+    model = OmniHumanDiT(DiTConfig.from_config(config.model))
+    inputs = sample_model_inputs(zeros_batch(config, 1))
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), inputs, jnp.zeros((1,)))["params"])
+    params = jax.tree.map(np.asarray, params)
+    _save_checkpoint(root / "run", config, params)
+
+    # a checkpoint whose params do not fit its config: one kernel with the wrong shape
+    bad = jax.tree.map(lambda x: x, params)
+    bad["proj_out"]["kernel"] = np.zeros((3, 3), np.float32)
+    _save_checkpoint(root / "bad_run", config, bad)
+
+    vae_cfg = VAEConfig(
+        latent_channels=4, block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=2
+    )
+    save_vae(str(root / "vae"), vae_cfg, init_vae(vae_cfg, jax.random.key(1)))
+    wrong = VAEConfig(latent_channels=8, block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=2)
+    save_vae(str(root / "vae8"), wrong, init_vae(wrong, jax.random.key(1)))
+
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "square.png")
+    Image.fromarray(rng.integers(0, 255, (500, 300, 3), dtype=np.uint8)).save(root / "tall.jpg")
+    t = np.arange(int(AUDIO_SECONDS * 16000)) / 16000
+    soundfile.write(root / "a.wav", (0.3 * np.sin(2 * np.pi * 220 * t)).astype(np.float32), 16000)
+    soundfile.write(root / "empty.wav", np.zeros(0, np.float32), 16000)
+    (root / "notaudio.wav").write_bytes(b"this is not audio" * 10)
+    (root / "notimage.png").write_bytes(b"not a png")
+    np.save(root / "pose_short.npy", rng.random((5, 133, 3)).astype(np.float32) * 60)
+    return {p.name: p for p in root.iterdir()}
+
+
+def _args(assets, out: Path, **over) -> list[str]:
+    args = {
+        "--checkpoint": assets["run"],
+        "--vae": assets["vae"],
+        "--image": assets["square.png"],
+        "--audio": assets["a.wav"],
+        "--out": out,
+        "--steps": 2,
+        "--fps": FPS,
+        "--segment_frames": 17,
+        "--audio_frontend": "logmel",
+        **over,
+    }
+    return [str(x) for kv in args.items() for x in kv]
+
+
+def _probe(path: Path) -> tuple[int, int, int, list[str]]:
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(v))
+        layouts = [s.codec_context.layout.name for s in c.streams.audio]
+        return frames, v.codec_context.width, v.codec_context.height, layouts
+
+
+def test_cli_writes_an_mp4_with_audio_at_the_audio_length_and_the_image_bucket(assets, tmp_path):
+    out = tmp_path / "video.mp4"
+    env = dict(os.environ, PYTHONPATH=str(REPO))
+    cmd = [sys.executable, "-m", "launch.sample", *_args(assets, out, **{"--image": assets["tall.jpg"]})]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    frames, width, height, layouts = _probe(out)
+    assert abs(frames - round(AUDIO_SECONDS * FPS)) <= 1
+    assert layouts == ["mono"]  # the mono input stays mono
+    image, _ = cli.load_image(assets["tall.jpg"], 64 * 64)
+    assert (height, width) == image.shape[:2] and height > width  # 300x500 keeps its portrait bucket
+    assert cli.contact_sheet_path(out).is_file()
+
+
+@pytest.mark.parametrize(
+    "over,message",
+    [
+        ({"--image": "notimage.png"}, "cannot read it as an image"),
+        ({"--image": "missing.png"}, "does not exist"),
+        ({"--audio": "empty.wav"}, "--audio"),
+        ({"--audio": "notaudio.wav"}, "--audio"),
+        ({"--pose": "pose_short.npy"}, "has 5 frames but the audio gives 33"),
+        ({"--checkpoint": "bad_run"}, "do not match its model config"),
+        ({"--checkpoint": "nowhere"}, "does not exist"),
+        ({"--vae": "vae8"}, "latent_channels=8"),
+        ({"--mel_bins": "80"}, "trained on"),
+        ({"--segment_frames": "10"}, "1 \\+ 4k"),
+    ],
+)
+def test_bad_inputs_fail_before_compute_with_a_clear_error(
+    assets, tmp_path, capsys, monkeypatch, over, message
+):
+    def no_compute(job):
+        raise AssertionError("compute started on bad input")
+
+    monkeypatch.setattr(cli, "run", no_compute)
+    resolved = {k: (str(assets[v]) if v in assets else v) for k, v in over.items()}
+    resolved = {k: (str(tmp_path / v) if v in ("missing.png", "nowhere") else v) for k, v in resolved.items()}
+    code = cli.main(_args(assets, tmp_path / "o.mp4", **resolved))
+    err = capsys.readouterr().err
+    assert code == 2
+    assert "error:" in err and __import__("re").search(message, err), err
+
+
+def test_existing_output_is_never_overwritten_without_the_flag(assets, tmp_path, capsys, monkeypatch):
+    out = tmp_path / "keep.mp4"
+    out.write_bytes(b"precious")
+    monkeypatch.setattr(cli, "run", lambda job: None)
+    assert cli.main(_args(assets, out)) == 2
+    assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"precious"
+
+
+def test_help_explains_every_flag():
+    text = cli.build_parser().format_help()
+    for flag in (
+        "--image",
+        "--audio",
+        "--pose",
+        "--prompt",
+        "--checkpoint",
+        "--vae",
+        "--wav2vec",
+        "--audio_frontend",
+        "--text_encoder",
+        "--steps",
+        "--shift",
+        "--seed",
+        "--cfg_text",
+        "--cfg_audio",
+        "--cfg_schedule",
+        "--cfg_floor",
+        "--solver",
+        "--fps",
+        "--out",
+        "--segment_frames",
+        "--use_ema",
+        "--pixel_budget",
+    ):
+        assert flag in text
