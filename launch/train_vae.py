@@ -1,0 +1,243 @@
+"""Train the causal 3D VAE on a frames-only dataset and export it in diffusers format.
+
+  python -m launch.train_vae --data_dir=D --workdir=W --config.total_steps=200
+
+The dataset is one built by `python -m data_pipeline.build` without `--vae` (records hold RGB frames).
+Each step draws `batch_size` clips (a seeded permutation per epoch, so the iterator state is the step),
+crops `clip_frames` (1 + 4k) consecutive frames and trains the VAE of `omnihuman_jax.vae_train_step`
+(L1 + SSIM + KL). Orbax checkpoints go to W/checkpoints every `checkpoint_every` steps; running again
+resumes from the newest. At the end the latent statistics are measured (so the exported config's
+shift/scaling factors give unit-variance latents) and the VAE is written to `--out` (default W/vae) as
+an `AutoencoderKLHunyuanVideo` folder that `omnihuman_jax.interop.diffusers_vae.load_vae`, the data
+builder (`--vae`) and the trainer (`--config.vae.path`) read. Any config value can be overridden with
+--config.KEY=VALUE.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import time
+from typing import Any
+
+import ml_collections
+import numpy as np
+from absl import app, flags, logging
+from ml_collections import config_flags
+
+
+def default_config() -> ml_collections.ConfigDict:
+    """VAE architecture, loss, optimiser and data settings (a small VAE for 64x64 toy-world clips)."""
+    return ml_collections.ConfigDict(
+        dict(
+            seed=0,
+            total_steps=200,
+            stop_at=0,  # > 0: checkpoint and stop at this step without exporting (resume later)
+            batch_size=2,
+            clip_frames=5,  # video frames per training crop, 1 + 4k
+            crop_size=32,  # square spatial crop (a multiple of 8; 0: whole frames); the VAE is convolutional
+            block_out_channels=(8, 16, 32, 32),
+            layers_per_block=1,
+            latent_channels=4,
+            norm_num_groups=4,
+            mid_block_add_attention=False,
+            loss=dict(l1=1.0, ssim=0.2, kl=1e-6),
+            optimizer=dict(
+                lr=1e-3,
+                warmup_steps=10,
+                decay_steps=0,
+                end_lr_factor=0.1,
+                b1=0.9,
+                b2=0.99,
+                eps=1e-8,
+                weight_decay=0.0,
+                grad_clip=1.0,
+            ),  # fmt: skip
+            mesh=dict(data=-1, fsdp=1, tensor=1),
+            logical_axis_rules=(
+                ("batch", ("data", "fsdp")),
+                ("conv_in", None),
+                ("conv_out", None),
+                ("norm", None),
+                ("null", None),
+            ),
+            checkpoint_every=50,
+            log_every=10,
+            stats_batches=4,  # batches whose posterior means set shift_factor / scaling_factor
+            data_name="omnihuman_clips",
+            split="train",
+        )
+    )
+
+
+FLAGS = flags.FLAGS
+config_flags.DEFINE_config_dict(
+    "config", default_config(), "VAE training settings (override with --config.KEY=VALUE)."
+)
+flags.DEFINE_string("data_dir", None, "TFDS data dir of a frames-only dataset (built without --vae).")
+flags.DEFINE_string("workdir", None, "Run folder: checkpoints/ and vae_metrics.jsonl.")
+flags.DEFINE_string("out", "", "Where the trained VAE is written (diffusers format); default WORKDIR/vae.")
+
+
+class ClipFrames:
+    """Deterministic batches of uint8 clips (B, clip_frames, H, W, 3) from frames-only records."""
+
+    def __init__(
+        self,
+        data_dir: str,
+        name: str,
+        split: str,
+        batch_size: int,
+        clip_frames: int,
+        seed: int,
+        crop: int = 0,
+    ):
+        from data_pipeline.tfds_builder import open_data_source
+
+        self.source = open_data_source(data_dir, name, split)
+        self.batch_size, self.clip_frames, self.seed, self.crop = batch_size, clip_frames, seed, crop
+        if crop % 8:
+            raise ValueError(
+                f"crop_size={crop} must be a multiple of 8 (the VAE's spatial compression), or 0"
+            )
+        if (clip_frames - 1) % 4:
+            raise ValueError(f"clip_frames={clip_frames} must be 1 + 4k (e.g. 5 or 9)")
+        if len(self.source) < batch_size:
+            raise ValueError(f"{data_dir}: {len(self.source)} records, fewer than batch_size={batch_size}")
+        first = self.source[0]
+        if np.asarray(first["frames"]).shape[0] == 0:
+            raise ValueError(f"{data_dir} stores latents, not frames; build the VAE's dataset without --vae")
+        self.step = 0
+
+    def _clip(self, record: dict, rng: np.random.Generator) -> np.ndarray:
+        frames = np.asarray(record["frames"])  # (F, H, W, 3)
+        if frames.shape[0] < self.clip_frames:
+            raise ValueError(
+                f"record has {frames.shape[0]} frames, fewer than clip_frames={self.clip_frames}"
+            )
+        start = int(rng.integers(frames.shape[0] - self.clip_frames + 1))
+        clip = frames[start : start + self.clip_frames]  # (clip_frames, H, W, 3)
+        h, w = clip.shape[1:3]
+        if not self.crop or (self.crop >= h and self.crop >= w):
+            return clip
+        ch, cw = min(self.crop, h), min(self.crop, w)
+        y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+        return clip[:, y : y + ch, x : x + cw]
+
+    def batch(self, step: int) -> np.ndarray:
+        n = len(self.source)
+        per_epoch = n // self.batch_size
+        epoch, pos = divmod(step, per_epoch)
+        order = np.random.default_rng([self.seed, 0x0AE, epoch]).permutation(n)
+        rng = np.random.default_rng([self.seed, 0x0AE, epoch, pos, 1])
+        idx = order[pos * self.batch_size : (pos + 1) * self.batch_size]
+        return np.stack([self._clip(self.source[int(i)], rng) for i in idx])  # (B, F, H, W, 3)
+
+    def __next__(self) -> np.ndarray:
+        out = self.batch(self.step)
+        self.step += 1
+        return out
+
+    def get_state(self) -> dict[str, int]:
+        return {"step": self.step}
+
+    def set_state(self, state: dict[str, Any]) -> None:
+        self.step = int(state["step"])
+
+
+def vae_config_from(config: Any):
+    from omnihuman_jax.models.vae import VAEConfig
+
+    return VAEConfig(
+        latent_channels=config.latent_channels,
+        block_out_channels=tuple(config.block_out_channels),
+        layers_per_block=config.layers_per_block,
+        norm_num_groups=config.norm_num_groups,
+        mid_block_add_attention=config.mid_block_add_attention,
+        scaling_factor=1.0,
+    )
+
+
+def train_vae(config: Any, data_dir: str, workdir: str, out: str = "") -> dict[str, Any]:
+    """Trains (or resumes) to `config.total_steps`, exports the VAE, returns the last metrics."""
+    import jax
+
+    from omnihuman_jax import sharding as shd
+    from omnihuman_jax import vae_train_step as vts
+    from omnihuman_jax.checkpointing import Checkpointer
+    from omnihuman_jax.interop.diffusers_vae import save_vae
+    from omnihuman_jax.train_state import abstract_state, lr_schedule
+
+    out = out or os.path.join(workdir, "vae")
+    os.makedirs(workdir, exist_ok=True)
+    cfg = vae_config_from(config)
+    mesh = shd.make_mesh(dict(config.mesh))
+    optimizer = vts.make_vae_optimizer(config.optimizer, config.total_steps)
+    state, shardings = vts.init_vae_train_state(cfg, optimizer, config.seed, mesh, config.logical_axis_rules)
+    data = ClipFrames(
+        data_dir, config.data_name, config.split, config.batch_size, config.clip_frames, config.seed
+    )
+    ckpt = Checkpointer(workdir, max_to_keep=2)
+    meta = {"config": json.loads(config.to_json_best_effort()), "vae_config": cfg.to_diffusers()}
+    last: dict[str, Any] = {}
+    try:
+        restored = ckpt.restore_latest(abstract_state(state, shardings))
+        if restored is not None:
+            step, state, data_state, _ = restored
+            data.set_state(data_state)
+            print(f"resumed VAE training from step {step}", flush=True)
+        step = int(jax.device_get(state.step))
+        lr_fn = lr_schedule(config.optimizer, config.total_steps)
+        weights = vts.VAELossWeights(**dict(config.loss))
+        step_fn = vts.jit_vae_train_step(
+            vts.make_vae_train_step(cfg, optimizer, weights, config.seed, lr_fn), shardings, mesh
+        )
+        with open(os.path.join(workdir, "vae_metrics.jsonl"), "a") as log_file:
+            t0 = time.perf_counter()
+            end = min(config.stop_at or config.total_steps, config.total_steps)
+            while step < end:
+                frames = shd.shard_batch({"frames": next(data)}, mesh)["frames"]
+                state, metrics = step_fn(state, frames)
+                step += 1
+                if step % config.log_every == 0 or step == config.total_steps:
+                    last = {k: float(v) for k, v in jax.device_get(metrics).items()}
+                    last.update(step=step, step_time_s=(time.perf_counter() - t0) / config.log_every)
+                    t0 = time.perf_counter()
+                    log_file.write(json.dumps(last) + "\n")
+                    log_file.flush()
+                    print(
+                        f"vae step {step}: loss {last['loss']:.4f} "
+                        f"l1 {last['l1']:.4f} ssim {last['ssim']:.4f}",
+                        flush=True,
+                    )
+                if step % config.checkpoint_every == 0 or step == end:
+                    ckpt.save(step, state, data.get_state(), {**meta, "step": step})
+        ckpt.wait()
+    finally:
+        ckpt.close()
+    if step < config.total_steps:
+        print(f"stopped at step {step} of {config.total_steps} (config.stop_at); run again to resume")
+        return last
+    params = jax.device_get(state.params)
+    stats_batches = [data.batch(10**6 + i) for i in range(max(1, config.stats_batches))]
+    mean, std = vts.latent_statistics(cfg, params, stats_batches)
+    scaled_cfg = vts.with_latent_scaling(cfg, mean, std)
+    save_vae(out, scaled_cfg, params, overwrite=True)
+    print(f"wrote VAE to {out} (latent mean {mean:.4f}, std {std:.4f})", flush=True)
+    return last
+
+
+def main(argv: list[str]) -> int:
+    del argv
+    if FLAGS["verbosity"].using_default_value:
+        logging.set_verbosity(logging.WARNING)
+    if not FLAGS.data_dir or not FLAGS.workdir:
+        print("error: --data_dir and --workdir are required (see --help)", file=sys.stderr)
+        return 2
+    train_vae(FLAGS.config, FLAGS.data_dir, FLAGS.workdir, FLAGS.out)
+    return 0
+
+
+if __name__ == "__main__":
+    app.run(lambda argv: sys.exit(main(argv)))

@@ -1,0 +1,202 @@
+"""Training the causal 3D VAE (HunyuanVideo's KL video VAE, used by OmniHuman-1 section 3 for its latents).
+
+The loss is the usual KL-VAE objective (`omnihuman_jax.vae_losses.vae_loss`): L1 + (1 - SSIM)
+reconstruction of the decoded reparameterised posterior sample, plus a small KL to N(0, I). The step is
+one `jax.jit` over the same `(data, fsdp, tensor)` mesh and logical-axis rules as the DiT
+(`omnihuman_jax.sharding`): parameters carry the VAE's logical names (`conv_in`, `conv_out`, `norm`,
+`null`), the batch is sharded over `(data, fsdp)`. AdamW with warmup + cosine decay and global-norm
+clipping come from `omnihuman_jax.train_state`.
+
+After training, `latent_statistics` measures the posterior means so the saved config carries a
+`shift_factor` / `scaling_factor` that give the diffusion model unit-variance latents (the role of
+HunyuanVideo's 0.476986).
+
+It knows nothing of files or the CLI: `launch/train_vae.py` wires data, checkpoints and export.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from collections.abc import Callable
+from typing import Any
+
+import flax.struct
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+from jax.sharding import Mesh, NamedSharding, PartitionSpec
+
+from omnihuman_jax import sharding as shd
+from omnihuman_jax.models.vae import (
+    VAEConfig,
+    decode_unscaled,
+    encode_moments,
+    init_vae,
+    posterior_sample,
+    vae_logical_axes,
+)
+from omnihuman_jax.train_state import make_optimizer
+from omnihuman_jax.vae_losses import vae_loss
+
+Params = Any
+StepFn = Callable[[Any, jax.Array], tuple[Any, dict[str, jax.Array]]]
+
+
+@flax.struct.dataclass
+class VAETrainState:
+    step: jax.Array  # () int32
+    params: Params
+    opt_state: Any
+    nonfinite_total: jax.Array  # () int32: steps skipped for a non-finite loss or gradient
+
+
+@dataclasses.dataclass(frozen=True)
+class VAELossWeights:
+    l1: float = 1.0
+    ssim: float = 0.2
+    kl: float = 1e-6
+
+
+def vae_param_shardings(cfg: VAEConfig, mesh: Mesh, rules) -> Params:
+    """NamedShardings of every VAE parameter from its logical axis names and the config rules.
+
+    The VAE names kernel dimensions that are never sharded `null` (a 3D conv kernel has three), which
+    flax's own mapping rejects as repeated names, so each name is looked up in the rules here; a name
+    without a rule, or mapped to None, stays unsharded.
+    """
+    table = dict(shd.rules_tuple(rules))
+
+    def to_sharding(spec: PartitionSpec) -> NamedSharding:
+        axes = [table.get(name) if name is not None else None for name in spec]
+        used = [a for ax in axes if ax is not None for a in (ax if isinstance(ax, tuple) else (ax,))]
+        if len(used) != len(set(used)):
+            raise ValueError(f"VAE logical axes {tuple(spec)} map mesh axes {used} more than once")
+        return NamedSharding(mesh, PartitionSpec(*axes))
+
+    return jax.tree.map(to_sharding, vae_logical_axes(cfg), is_leaf=lambda x: isinstance(x, PartitionSpec))
+
+
+def _opt_state_shardings(abstract_opt: Any, params: Params, param_sh: Params, mesh: Mesh) -> Any:
+    """Adam moments follow their parameter's sharding; scalars (counts) are replicated."""
+    struct = jax.tree_util.tree_structure(params)
+    rep = shd.replicated(mesh)
+
+    def walk(tree):
+        if jax.tree_util.tree_structure(tree) == struct:
+            return param_sh
+        if isinstance(tree, tuple) and hasattr(tree, "_fields"):
+            return type(tree)(*(walk(x) for x in tree))
+        if isinstance(tree, tuple | list):
+            return type(tree)(walk(x) for x in tree)
+        if isinstance(tree, dict):
+            return {k: walk(v) for k, v in tree.items()}
+        return jax.tree.map(lambda _: rep, tree)
+
+    return walk(abstract_opt)
+
+
+def init_vae_train_state(
+    cfg: VAEConfig,
+    optimizer: optax.GradientTransformation,
+    seed: int,
+    mesh: Mesh,
+    rules,
+    params: Params | None = None,
+) -> tuple[VAETrainState, VAETrainState]:
+    """Returns (state, state_shardings); `params` (e.g. a loaded VAE) replaces the random init."""
+    param_sh = vae_param_shardings(cfg, mesh, rules)
+    host = init_vae(cfg, jax.random.key(seed)) if params is None else params
+    params = jax.tree.map(lambda x, s: jax.device_put(jnp.asarray(x, jnp.float32), s), host, param_sh)
+    abstract_opt = jax.eval_shape(optimizer.init, params)
+    rep = shd.replicated(mesh)
+    shardings = VAETrainState(
+        step=rep,
+        params=param_sh,
+        opt_state=_opt_state_shardings(abstract_opt, params, param_sh, mesh),
+        nonfinite_total=rep,
+    )
+    opt_state = jax.jit(optimizer.init, out_shardings=shardings.opt_state)(params)
+    step, nonfinite = (jax.device_put(jnp.zeros((), jnp.int32), rep) for _ in range(2))  # distinct buffers
+    return VAETrainState(step=step, params=params, opt_state=opt_state, nonfinite_total=nonfinite), shardings
+
+
+def make_vae_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformation:
+    """The DiT's AdamW recipe (warmup, cosine decay, clipping, decay on kernels only)."""
+    return make_optimizer(opt_cfg, total_steps)
+
+
+def frames_to_unit_range(frames: jax.Array) -> jax.Array:
+    """uint8 RGB -> float32 in [-1, 1]."""
+    return frames.astype(jnp.float32) / 127.5 - 1.0
+
+
+def make_vae_train_step(
+    cfg: VAEConfig,
+    optimizer: optax.GradientTransformation,
+    weights: VAELossWeights,
+    seed: int,
+    lr_fn: Callable[[jax.Array], jax.Array] | None = None,
+) -> StepFn:
+    """(state, frames (B, F, H, W, 3) uint8) -> (state, metrics). Non-finite steps leave params unchanged."""
+
+    def loss_fn(params: Params, x: jax.Array, rng: jax.Array):
+        mean, logvar = encode_moments(cfg, params, x)  # (B, T, h, w, L) each
+        z = posterior_sample(mean, logvar, rng)
+        recon = decode_unscaled(cfg, params, z)  # (B, F, H, W, 3)
+        loss, parts = vae_loss(
+            recon, x, mean, logvar, l1_weight=weights.l1, ssim_weight=weights.ssim, kl_weight=weights.kl
+        )
+        return loss, parts
+
+    def step(state: VAETrainState, frames: jax.Array):
+        x = frames_to_unit_range(frames)
+        rng = jax.random.fold_in(jax.random.key(seed), state.step)
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, rng)
+        grad_norm = optax.global_norm(grads)
+        finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
+        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+        new_params = optax.apply_updates(state.params, updates)
+        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+        new_state = VAETrainState(
+            step=state.step + 1,
+            params=keep(new_params, state.params),
+            opt_state=keep(new_opt, state.opt_state),
+            nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
+        )
+        metrics = {"loss": loss, "grad_norm": grad_norm, **parts}
+        metrics["nonfinite_total"] = new_state.nonfinite_total
+        if lr_fn is not None:
+            metrics["lr"] = lr_fn(state.step)
+        return new_state, metrics
+
+    return step
+
+
+def jit_vae_train_step(step_fn: StepFn, shardings: VAETrainState, mesh: Mesh) -> StepFn:
+    """jit with the state's shardings in and out (donated) and the frames sharded over (data, fsdp)."""
+    rep = shd.replicated(mesh)
+    return jax.jit(
+        step_fn,
+        in_shardings=(shardings, shd.batch_sharding(mesh, 5)),
+        out_shardings=(shardings, rep),
+        donate_argnums=(0,),
+    )
+
+
+def latent_statistics(cfg: VAEConfig, params: Params, frame_batches: list[np.ndarray]) -> tuple[float, float]:
+    """(mean, std) over all elements of the posterior means of uint8 clips (B, F, H, W, 3)."""
+    total, total_sq, count = 0.0, 0.0, 0
+    for frames in frame_batches:
+        mean, _ = encode_moments(cfg, params, frames_to_unit_range(jnp.asarray(frames)))
+        m = np.asarray(mean, np.float64)
+        total, total_sq, count = total + m.sum(), total_sq + np.square(m).sum(), count + m.size
+    if count == 0:
+        raise ValueError("latent_statistics: no frames given")
+    mu = total / count
+    return float(mu), float(np.sqrt(max(total_sq / count - mu * mu, 1e-12)))
+
+
+def with_latent_scaling(cfg: VAEConfig, mean: float, std: float) -> VAEConfig:
+    """The config whose scale_latents maps posterior means to zero mean and unit std."""
+    return dataclasses.replace(cfg, shift_factor=float(mean), scaling_factor=float(1.0 / std))
