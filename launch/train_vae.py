@@ -44,7 +44,7 @@ def default_config() -> ml_collections.ConfigDict:
             mid_block_add_attention=False,
             loss=dict(l1=1.0, ssim=0.2, kl=1e-6),
             optimizer=dict(
-                lr=1e-3,
+                lr=2e-3,
                 warmup_steps=10,
                 decay_steps=0,
                 end_lr_factor=0.1,
