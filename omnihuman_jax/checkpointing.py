@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import logging
 import os
+import shutil
 from typing import Any
 
 import jax
@@ -65,6 +66,9 @@ class Checkpointer:
         if leftovers and _is_primary():
             msg = f"removing {len(leftovers)} incomplete checkpoint save(s) in {self.directory}: {leftovers}"
             log.warning(msg)
+            for name in leftovers:  # never committed, so never restorable: nothing complete is lost
+                shutil.rmtree(os.path.join(self.directory, name), ignore_errors=True)
+        _sync("checkpoint_cleanup")
         options = ocp.CheckpointManagerOptions(
             max_to_keep=max_to_keep,
             create=True,
