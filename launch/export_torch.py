@@ -36,6 +36,12 @@ flags.DEFINE_string(
     "shards with an index, e.g. 5GB, 500MB or a byte count.",
 )
 flags.DEFINE_string(
+    "read_bytes",
+    "256MB",
+    "Largest group of parameters read from the checkpoint per orbax call (host memory holds one group, or "
+    "one tensor when larger); 0 reads strictly one tensor at a time (slower: orbax re-reads its metadata).",
+)
+flags.DEFINE_string(
     "vae",
     "",
     "Optional diffusers AutoencoderKLHunyuanVideo folder (e.g. the run's "
@@ -64,6 +70,7 @@ def main(argv: list[str]) -> int:
             which=FLAGS.weights,
             dtype=FLAGS.dtype,
             max_shard_bytes=parse_size(FLAGS.max_shard_size),
+            read_bytes=parse_size(FLAGS.read_bytes),
             overwrite=FLAGS.overwrite,
         )
         if FLAGS.vae:

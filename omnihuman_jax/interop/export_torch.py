@@ -160,7 +160,7 @@ def state_dict_from_params(params: Any, model_config: Any) -> dict[str, np.ndarr
 # ---- reading a checkpoint leaf by leaf ------------------------------------------------------------
 
 
-@dataclasses.dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True, eq=False)
 class Leaf:
     path: tuple[str, ...]  # flax path inside the params tree
     shape: tuple[int, ...]
@@ -190,21 +190,46 @@ def checkpoint_leaves(step_dir: str, which: str) -> list[Leaf]:
     return out
 
 
-def read_leaf(step_dir: str, which: str, leaf: Leaf) -> np.ndarray:
-    """One param leaf as a host numpy array (partial restore: only that array is read)."""
+def read_leaves(step_dir: str, which: str, leaves: list[Leaf]) -> list[np.ndarray]:
+    """Some param leaves as host numpy arrays (a partial restore: only those arrays are read)."""
     key = {"params": "params", "ema": "ema_params"}[which]
-    item: Any = np.empty(leaf.shape, np.float32)
-    args: Any = ocp.RestoreArgs(restore_type=np.ndarray)
-    for name in reversed(leaf.path):
-        item, args = {name: item}, {name: args}
+    item: dict = {}
+    args: dict = {}
+    for leaf in leaves:
+        node, anode = item, args
+        for name in leaf.path[:-1]:
+            node, anode = node.setdefault(name, {}), anode.setdefault(name, {})
+        node[leaf.path[-1]] = np.empty(leaf.shape, np.float32)  # structure only; never written
+        anode[leaf.path[-1]] = ocp.RestoreArgs(restore_type=np.ndarray)
     restored = ocp.PyTreeCheckpointer().restore(
         os.path.join(step_dir, "state"),
         args=ocp.args.PyTreeRestore(item={key: item}, restore_args={key: args}, partial_restore=True),
     )
-    node = restored[key]
-    for name in leaf.path:
-        node = node[name]
-    return np.asarray(node)
+    out = []
+    for leaf in leaves:
+        node = restored[key]
+        for name in leaf.path:
+            node = node[name]
+        out.append(np.asarray(node))
+    return out
+
+
+def read_groups(leaves: list[Leaf], read_bytes: int) -> list[list[Leaf]]:
+    """Consecutive leaves grouped up to `read_bytes` (float32) per restore call; 0: one leaf per call.
+
+    orbax parses the whole tree's metadata on every restore, so a few hundred MB per call keeps large
+    exports fast while host memory stays bounded by one group (or one leaf, when larger).
+    """
+    groups: list[list[Leaf]] = []
+    size = 0
+    for leaf in leaves:
+        nbytes = 4 * int(np.prod(leaf.shape))
+        if not groups or read_bytes <= 0 or size + nbytes > read_bytes:
+            groups.append([])
+            size = 0
+        groups[-1].append(leaf)
+        size += nbytes
+    return groups
 
 
 # ---- streaming safetensors writer -------------------------------------------------------------------
@@ -249,7 +274,7 @@ def parse_size(text: str) -> int:
     """'5GB', '200MB', '10KB' or a byte count -> bytes (decimal units, as transformers)."""
     m = re.fullmatch(r"\s*(\d+(?:\.\d+)?)\s*([KMG]?B?)\s*", text.upper())
     if not m:
-        raise ValueError(f"--max_shard_size={text!r}: use a byte count or a size like 500MB or 5GB")
+        raise ValueError(f"size {text!r}: use a byte count or a size like 500MB or 5GB")
     unit = {"": 1, "B": 1, "K": 1e3, "KB": 1e3, "M": 1e6, "MB": 1e6, "G": 1e9, "GB": 1e9}[m.group(2)]
     return int(float(m.group(1)) * unit)
 
@@ -270,11 +295,13 @@ def export_checkpoint(
     which: str = "ema",
     dtype: str = "fp32",
     max_shard_bytes: int = 5 * 10**9,
+    read_bytes: int = 256 * 10**6,
     overwrite: bool = False,
 ) -> ExportReport:
     """Orbax checkpoint (workdir or step folder) -> `out_dir` with safetensors shard(s) and `config.json`.
 
     `model_config` is the run's `config.model` mapping (the DiT config); it is written as `config.json`.
+    `read_bytes` bounds the leaves read per orbax call (see `read_groups`; 0: strictly leaf by leaf).
     """
     if dtype not in DTYPES:
         raise ValueError(f"--dtype={dtype!r}: choose one of {sorted(DTYPES)}")
@@ -306,7 +333,7 @@ def export_checkpoint(
         else [f"model-{i + 1:05d}-of-{len(shards):05d}.safetensors" for i in range(len(shards))]
     )
 
-    values = _values_in_order(step_dir, which, sources)
+    values = _values_in_order(step_dir, which, sources, read_bytes)
     for name, shard in zip(names, shards, strict=True):
         _write_shard(out / name, shard, st_dtype, np_dtype, values, cfg)
     total = sum(t.nbytes for t in planned)
@@ -321,16 +348,18 @@ def export_checkpoint(
 
 
 def _values_in_order(
-    step_dir: str, which: str, sources: list[tuple[Leaf, int | None]]
+    step_dir: str, which: str, sources: list[tuple[Leaf, int | None]], read_bytes: int
 ) -> Iterator[np.ndarray]:
-    """Each planned tensor's flax value in plan order, reading every leaf once (one leaf in memory)."""
-    current: tuple[Leaf | None, np.ndarray | None] = (None, None)
-    for leaf, layer in sources:
-        if current[0] is not leaf:
-            current = (leaf, None)  # drop the previous leaf before reading the next
-            current = (leaf, read_leaf(step_dir, which, leaf))
-        value = current[1]
-        yield value if layer is None else value[layer]
+    """Each planned tensor's flax value in plan order; one read group of leaves in memory at a time."""
+    leaves = list(dict.fromkeys(leaf for leaf, _ in sources))
+    position = 0
+    for group in read_groups(leaves, read_bytes):
+        values = dict(zip(group, read_leaves(step_dir, which, group), strict=True))
+        while position < len(sources) and sources[position][0] in values:
+            leaf, layer = sources[position]
+            yield values[leaf] if layer is None else values[leaf][layer]
+            position += 1
+        del values
 
 
 def _write_shard(path: Path, shard: list[Planned], st_dtype: str, np_dtype, values: Iterator, cfg) -> None:

@@ -1,0 +1,1 @@
+"""Tests of the PyTorch / diffusers interop (omnihuman_jax/interop)."""
