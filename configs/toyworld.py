@@ -1,0 +1,114 @@
+"""The toy-world recipe (OmniHuman-1 sections 3.3-3.4 at toy scale), as plain data for launch/toyworld.py.
+
+Usage: `python -m launch.toyworld --workdir=W --recipe=quick|proof|smoke`; `get_config(arg)` returns it.
+
+- `quick`: the README main job (about 15 minutes on 2 CPU cores): a small world, a short VAE run, the
+  three stages briefly, one sampled video of a held-out identity, and the metrics table.
+- `proof`: the learning proof (about 60 minutes): a larger world and longer runs; benchmarks/
+  learning_proof.py adds the ablations under `ablations`.
+- `smoke`: CI's 2-step run of every stage of the recipe.
+
+Principles (paper section 3.3): stage 1 trains reference (and text) only on all clips; stage 2 adds audio
+on the clips that pass the lip-sync filter; stage 3 adds pose at a lower ratio than audio (Principle 2:
+the stronger the condition, the lower its ratio; ratios halve: reference 0.7 > audio 0.5 > pose 0.25).
+Each stage initialises from the previous one. Audio features are log-mel (16 bins x 2 sub-windows per
+frame, the tiny preset's audio_dim x audio_layers): no pretrained wav2vec2 exists offline. No text
+encoder is used, so the text ratio is 0 and captions are unused. The world's clean-rate knobs are raised
+above the paper's 13% so a tiny world has enough audio/pose clips; the filters still apply.
+"""
+
+from __future__ import annotations
+
+import ml_collections
+
+# Stage ratios: text off (no text encoder), reference 0.7, audio 0.5, pose 0.25, motion frames 0.3.
+STAGE_RATIOS = {
+    1: {"text": 0.0, "reference": 0.7, "audio": 0.0, "pose": 0.0, "motion": 0.3},
+    2: {"text": 0.0, "reference": 0.7, "audio": 0.5, "pose": 0.0, "motion": 0.3},
+    3: {"text": 0.0, "reference": 0.7, "audio": 0.5, "pose": 0.25, "motion": 0.3},
+}
+
+RECIPES = {
+    "smoke": dict(
+        world=dict(num_identities=2, clips_per_identity=1, seconds=0.8),
+        vae=dict(total_steps=2, batch_size=2, block_out_channels=(8, 8, 8, 8), norm_num_groups=4),
+        steps=(2, 2, 2),
+        sample_steps=2,
+        eval_clips=1,
+    ),
+    "quick": dict(
+        world=dict(num_identities=8, clips_per_identity=4, seconds=2.0),
+        vae=dict(total_steps=300, batch_size=2),
+        steps=(200, 400, 400),
+        sample_steps=20,
+        eval_clips=1,
+    ),
+    "proof": dict(
+        world=dict(num_identities=20, clips_per_identity=6, seconds=2.0),
+        vae=dict(total_steps=1500, batch_size=4),
+        steps=(1000, 2500, 2500),
+        sample_steps=30,
+        eval_clips=4,
+    ),
+}
+
+
+def _pairs(overrides: dict) -> tuple:
+    """`--config.KEY=VALUE` overrides as (KEY, VALUE) pairs (ConfigDict field names may not hold dots)."""
+    return tuple(overrides.items())
+
+
+def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
+    recipe = arg or "quick"
+    if recipe not in RECIPES:
+        raise ValueError(f"unknown toy-world recipe {recipe!r}; choose one of {sorted(RECIPES)}")
+    r = RECIPES[recipe]
+    cfg = ml_collections.ConfigDict()
+    cfg.recipe = recipe
+    cfg.world = dict(
+        seed=0, height=64, width=64, fps=25.0, eval_identities=2 if recipe != "smoke" else 1,
+        audio_clean_rate=0.8, pose_clean_rate=0.8, camera_motion_rate=0.0, **r["world"],
+    )  # fmt: skip
+    # data_pipeline.build flags: 9-frame clips (3 latent frames: 2 motion + 1 predicted) in one 64x64 bucket.
+    cfg.data = dict(clip_frames=9, pixel_budget=4096, mel_bins=16, mel_groups=2, workers=0)
+    # launch.train_vae --config overrides (its defaults: a (8, 16, 32, 32) VAE, 5-frame 32x32 crops).
+    cfg.vae = dict(latent_channels=4, **r["vae"])
+    # launch.train overrides shared by all stages; the model is the tiny preset (latent (3, 8, 8) x 4).
+    cfg.preset = "tiny"
+    cfg.train = _pairs(
+        {
+            "batch_size": 4,
+            "optimizer.lr": 5e-4,
+            "optimizer.warmup_steps": 20,
+            "optimizer.ema_decay": 0.99,
+            "checkpoint.every_steps": 100,
+            "checkpoint.max_to_keep": 1,
+            "metrics.every_steps": 10,
+            "metrics.tensorboard": False,
+            "metrics.peak_flops_per_device": 1e11,
+        }
+    )
+    cfg.stages = {
+        f"stage{s}": _pairs(
+            {
+                "total_steps": r["steps"][s - 1],
+                **{f"condition_ratios.{k}": v for k, v in STAGE_RATIOS[s].items()},
+            }
+        )
+        for s in (1, 2, 3)
+    }
+    # launch.sample flags for the held-out identity's video.
+    cfg.sampling = dict(
+        steps=r["sample_steps"], solver="euler", seed=0, cfg_audio=3.0, cfg_text=1.0,
+        cfg_schedule="linear", cfg_floor=1.0, mode="audio",
+    )  # fmt: skip
+    cfg.eval = dict(clips=r["eval_clips"])
+    # benchmarks/learning_proof.py: extra runs of stages 2 + 3 (`no_audio`: audio ratio 0 in both, so
+    # the model never sees audio) or of stage 3 alone from the main stage 2 (the Principle-2 pose sweep).
+    cfg.ablations = {
+        "no_audio": dict(stages=(2, 3), overrides=(("condition_ratios.audio", 0.0),)),
+        "pose_02": dict(stages=(3,), overrides=(("condition_ratios.pose", 0.2),)),
+        "pose_05": dict(stages=(3,), overrides=(("condition_ratios.pose", 0.5),)),
+        "pose_08": dict(stages=(3,), overrides=(("condition_ratios.pose", 0.8),)),
+    }
+    return cfg

@@ -1,0 +1,267 @@
+"""The toy-world main job: world -> dataset -> VAE -> stages 1, 2, 3 -> a sampled video -> metrics.
+
+  python -m launch.toyworld --workdir=runs/toyworld [--recipe=quick|proof|smoke]
+
+Each step runs the project's own CLI in a subprocess, the path a user would take (OmniHuman-1 sections
+3.3-3.4 at toy scale; the recipe is configs/toyworld.py):
+1. `data_pipeline.toyworld.generate` -> WORKDIR/world (the last identities are held out, split `eval`);
+2. `data_pipeline.build` of the train split, frames only -> WORKDIR/data_frames;
+3. `launch.train_vae` -> WORKDIR/vae (diffusers format);
+4. `data_pipeline.build` again with `--vae WORKDIR/vae` -> WORKDIR/data (latents);
+5. `launch.train` stage 1, 2, 3 -> WORKDIR/stage{1,2,3}, each `--config.checkpoint.init_from` the previous;
+6. `launch.sample` on held-out clips' reference frame, driving audio (and keypoints for pose driving)
+   -> WORKDIR/samples/<mode>/<clip_id>.mp4;
+7. `launch.evaluate` metrics of those videos and of the ground-truth clips -> WORKDIR/metrics.{json,md}.
+A step whose output exists is skipped, so running again resumes; training steps resume from checkpoints.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+SAMPLE_MODES = ("audio", "pose")  # the main job's driving modes: audio only, then pose only
+
+
+def _log(msg: str) -> None:
+    print(f"[toyworld] {msg}", flush=True)
+
+
+def run_cli(args: list[str], log_path: Path) -> None:
+    """Runs `python -m ...` with output appended to log_path; a failure raises with the log's tail."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    with open(log_path, "a") as log:
+        log.write(f"$ {' '.join(args)}\n")
+        log.flush()
+        code = subprocess.call([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+    if code != 0:
+        tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
+        raise RuntimeError(
+            f"`python -m {' '.join(args[:1])}` failed with status {code}; log {log_path}:\n{tail}"
+        )
+
+
+def overrides(pairs: Any) -> list[str]:
+    """(KEY, VALUE) pairs -> ['--config.KEY=VALUE', ...]."""
+    out = []
+    for key, value in pairs:
+        if isinstance(value, tuple | list):
+            value = "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
+        out.append(f"--config.{key}={value}")
+    return out
+
+
+def step_world(cfg: Any, root: Path) -> Path:
+    world = root / "world"
+    if (world / "manifest.jsonl").is_file():
+        return world
+    w = cfg.world
+    args = ["data_pipeline.toyworld.generate", "--out", str(world), "--overwrite"]
+    for key in ("num_identities", "clips_per_identity", "seed", "height", "width", "fps", "seconds",
+                "eval_identities", "audio_clean_rate", "pose_clean_rate", "camera_motion_rate"):  # fmt: skip
+        args += [f"--{key}", str(w[key])]
+    run_cli(args, root / "logs" / "world.log")
+    return world
+
+
+def _dataset_built(data_dir: Path) -> bool:
+    return any((data_dir / "omnihuman_clips").glob("*/dataset_info.json"))
+
+
+def step_build(cfg: Any, root: Path, world: Path, name: str, vae: Path | None) -> Path:
+    data_dir = root / name
+    if _dataset_built(data_dir):
+        return data_dir
+    d = cfg.data
+    args = [
+        "data_pipeline.build", "--manifest", str(world / "manifest.jsonl"), "--out", str(data_dir),
+        "--split", "train", "--audio_frontend", "logmel", "--mel_bins", str(d.mel_bins),
+        "--mel_groups", str(d.mel_groups), "--clip_frames", str(d.clip_frames),
+        "--pixel_budget", str(d.pixel_budget), "--workers", str(d.workers), "--no_progress",
+    ]  # fmt: skip
+    if vae is not None:
+        args += ["--vae", str(vae)]
+    run_cli(args, root / "logs" / f"{name}.log")
+    return data_dir
+
+
+def step_vae(cfg: Any, root: Path, frames_dir: Path) -> Path:
+    vae = root / "vae"
+    if (vae / "config.json").is_file():
+        return vae
+    args = ["launch.train_vae", f"--data_dir={frames_dir}", f"--workdir={root / 'vae_train'}", f"--out={vae}"]
+    run_cli(args + overrides(cfg.vae.items()), root / "logs" / "vae.log")
+    return vae
+
+
+def finished_step(workdir: Path) -> int:
+    ckpt = workdir / "checkpoints"
+    steps = [int(p.name) for p in ckpt.iterdir() if p.name.isdigit()] if ckpt.is_dir() else []
+    return max(steps, default=0)
+
+
+def step_stage(
+    cfg: Any, root: Path, stage: int, data: Path, vae: Path, init_from: Path | None, name: str = "",
+    extra: Any = (),
+) -> Path:  # fmt: skip
+    """Trains one stage (or an ablation variant `name` with `extra` overrides) to its total_steps."""
+    name = name or f"stage{stage}"
+    workdir = root / name
+    stage_pairs = list(cfg.stages[f"stage{stage}"]) + list(extra)
+    total = dict(stage_pairs)["total_steps"]
+    if finished_step(workdir) >= total:
+        return workdir
+    args = [
+        "launch.train", f"--config=configs/stage{stage}.py:{cfg.preset}", f"--workdir={workdir}",
+        f"--config.data.dir={data}", f"--config.vae.path={vae}",
+    ]  # fmt: skip
+    if init_from is not None:
+        args.append(f"--config.checkpoint.init_from={init_from}")
+    run_cli(args + overrides(cfg.train) + overrides(stage_pairs), root / "logs" / f"{name}.log")
+    return workdir
+
+
+def eval_inputs(world: Path, root: Path, count: int) -> list[dict[str, Path | str]]:
+    """Reference PNG, driving wav and keypoints of the first `count` held-out clips with clean audio."""
+    from PIL import Image
+
+    from data_pipeline.toyworld import render
+    from launch.evaluate import eval_clip_ids, load_truth
+
+    out = []
+    for cid in eval_clip_ids(world):
+        truth = load_truth(world, cid)
+        if str(truth["audio_corruption"]) != "none" or float(truth["hands_dropped_fraction"]) > 0.1:
+            continue
+        folder = root / "eval_inputs"
+        folder.mkdir(parents=True, exist_ok=True)
+        image, wav = folder / f"{cid}.png", folder / f"{cid}.wav"
+        if not image.is_file():
+            Image.fromarray(truth["reference_frame"]).save(image)
+        if not wav.is_file():
+            render.write_wav(
+                wav,
+                truth["driving_audio"],
+                int(json.loads((world / "toyworld.json").read_text())["sample_rate"]),
+            )
+        out.append(dict(clip_id=cid, image=image, audio=wav, pose=world / "clips" / f"{cid}.kp.npy"))
+        if len(out) == count:
+            break
+    if not out:
+        raise RuntimeError(f"{world} has no held-out clip with clean audio and pose; raise eval_identities")
+    return out
+
+
+def step_sample(
+    cfg: Any, root: Path, checkpoint: Path, vae: Path, inputs: list[dict], mode: str, folder: str = "",
+    sampling: dict | None = None,
+) -> Path:  # fmt: skip
+    """One video per held-out clip, driven by `mode` (audio / pose / combined) -> samples/<folder>/."""
+    s = dict(cfg.sampling, **(sampling or {}))
+    out_dir = root / "samples" / (folder or mode)
+    for item in inputs:
+        out = out_dir / f"{item['clip_id']}.mp4"
+        if out.is_file():
+            continue
+        args = [
+            "launch.sample", "--checkpoint", str(checkpoint), "--vae", str(vae),
+            "--image", str(item["image"]), "--audio", str(item["audio"]), "--mode", mode,
+            "--steps", str(s["steps"]), "--solver", s["solver"],
+            "--seed", str(s["seed"]), "--cfg_audio", str(s["cfg_audio"]), "--cfg_text", str(s["cfg_text"]),
+            "--cfg_schedule", s["cfg_schedule"], "--cfg_floor", str(s["cfg_floor"]),
+            "--fps", str(cfg.world.fps), "--out", str(out), "--overwrite",
+        ]  # fmt: skip
+        if mode in ("pose", "combined"):
+            args += ["--pose", str(item["pose"])]
+        run_cli(args, root / "logs" / f"sample_{folder or mode}.log")
+    return out_dir
+
+
+def score(world: Path, folder: Path, fps: float) -> dict[str, float]:
+    from launch.evaluate import evaluate_videos, find_videos, summarize
+
+    return summarize(evaluate_videos(world, find_videos(folder, world), fps))
+
+
+def score_truth(world: Path, clip_ids: list[str], fps: float) -> dict[str, float]:
+    from launch.evaluate import evaluate_videos, summarize
+
+    return summarize(evaluate_videos(world, {c: world / "clips" / f"{c}.mp4" for c in clip_ids}, fps))
+
+
+def run_recipe(cfg: Any, root: Path) -> dict[str, dict[str, float]]:
+    """The main job; returns the metrics rows (ground truth, then each driving mode)."""
+    from launch.evaluate import format_table
+
+    root.mkdir(parents=True, exist_ok=True)
+    timings: dict[str, float] = {}
+
+    def timed(name: str, fn, *args, **kwargs):
+        t0 = time.perf_counter()
+        _log(f"{name} ...")
+        out = fn(*args, **kwargs)
+        timings[name] = round(time.perf_counter() - t0, 1)
+        _log(f"{name} done in {timings[name]:.1f} s")
+        return out
+
+    world = timed("world", step_world, cfg, root)
+    frames = timed("data_frames", step_build, cfg, root, world, "data_frames", None)
+    vae = timed("vae", step_vae, cfg, root, frames)
+    data = timed("data", step_build, cfg, root, world, "data", vae)
+    prev = None
+    for stage in (1, 2, 3):
+        prev = timed(f"stage{stage}", step_stage, cfg, root, stage, data, vae, prev)
+    inputs = eval_inputs(world, root, int(cfg.eval.clips))
+    rows = {"ground truth": score_truth(world, [str(i["clip_id"]) for i in inputs], cfg.world.fps)}
+    for mode in SAMPLE_MODES:
+        folder = timed(f"sample_{mode}", step_sample, cfg, root, prev, vae, inputs, mode)
+        rows[f"{mode}-driven"] = score(world, folder, cfg.world.fps)
+    table = format_table(rows)
+    (root / "metrics.md").write_text(table + "\n")
+    (root / "metrics.json").write_text(json.dumps({"rows": rows, "timings_s": timings}, indent=2) + "\n")
+    print(table, flush=True)
+    return rows
+
+
+def first_frames_strip(video: Path, out_png: Path, count: int = 8) -> None:
+    """A horizontal strip of `count` evenly spaced frames of an mp4, as PNG."""
+    from PIL import Image
+
+    from data_pipeline.toyworld import render
+
+    frames = render.read_mp4(video)  # (F, H, W, 3)
+    idx = np.linspace(0, frames.shape[0] - 1, count).round().astype(int)
+    Image.fromarray(np.concatenate(list(frames[idx]), axis=1)).save(out_png)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m launch.toyworld", description=__doc__.split("\n\n")[0])
+    p.add_argument("--workdir", required=True, help="run folder; every step's output lands here (resumable)")
+    p.add_argument("--recipe", default="quick", help="configs/toyworld.py recipe: quick, proof or smoke")
+    return p
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from configs.toyworld import get_config
+
+    try:
+        cfg = get_config(args.recipe)
+        run_recipe(cfg, Path(args.workdir))
+    except (RuntimeError, ValueError) as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,101 @@
+"""The toy-world recipe (configs/toyworld.py) and its main job (launch/toyworld.py)."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+
+from configs.base import get_base_config
+from configs.toyworld import RECIPES, STAGE_RATIOS, get_config
+from data_pipeline.toyworld import generate
+from launch import toyworld as tw
+
+
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_data_shapes_match_the_model_preset(recipe):
+    cfg = get_config(recipe)
+    base = get_base_config(3, cfg.preset)
+    assert cfg.data.clip_frames == 1 + 4 * (base.shape.latent_frames - 1)
+    assert (cfg.data.mel_groups, cfg.data.mel_bins) == (base.model.audio_layers, base.model.audio_dim)
+    assert cfg.world.height == 8 * base.shape.latent_height and cfg.world.width == 8 * base.shape.latent_width
+    assert cfg.data.pixel_budget == cfg.world.height * cfg.world.width
+    assert cfg.vae.latent_channels == base.model.latent_channels
+    assert cfg.world.seconds * cfg.world.fps >= cfg.data.clip_frames
+
+
+def test_stage_ratios_follow_principles_1_and_2():
+    # Principle 1: stage 1 drops audio and pose; stage 2 drops pose; stage 3 uses all.
+    assert STAGE_RATIOS[1]["audio"] == STAGE_RATIOS[1]["pose"] == 0.0 and STAGE_RATIOS[2]["pose"] == 0.0
+    r = STAGE_RATIOS[3]
+    # Principle 2: the stronger the condition, the lower its ratio.
+    assert r["reference"] > r["audio"] > r["pose"] > 0.0
+    cfg = get_config("quick")
+    stage3 = dict(cfg.stages.stage3)
+    assert stage3["condition_ratios.pose"] == r["pose"] and stage3["total_steps"] > 0
+    assert dict(cfg.ablations.no_audio.overrides)["condition_ratios.audio"] == 0.0
+    sweep = [dict(cfg.ablations[f"pose_0{k}"].overrides)["condition_ratios.pose"] for k in (2, 5, 8)]
+    assert sweep == [0.2, 0.5, 0.8]
+
+
+def test_unknown_recipe_names_the_choices():
+    with pytest.raises(ValueError, match="proof"):
+        get_config("huge")
+
+
+def test_overrides_become_config_flags():
+    flags = tw.overrides((("total_steps", 3), ("block_out_channels", (8, 8)), ("x", (4,))))
+    assert flags == ["--config.total_steps=3", "--config.block_out_channels=(8,8)", "--config.x=(4,)"]
+
+
+@pytest.fixture(scope="module")
+def tiny_world(tmp_path_factory):
+    root = tmp_path_factory.mktemp("tw")
+    generate.generate_dataset(
+        root / "world", num_identities=2, clips_per_identity=2, seed=1, seconds=0.8, eval_identities=1,
+        audio_clean_rate=1.0, pose_clean_rate=1.0, camera_motion_rate=0.0,
+    )  # fmt: skip
+    return root
+
+
+def test_existing_world_is_kept_and_not_regenerated(tiny_world):
+    cfg = get_config("smoke")
+    manifest = tiny_world / "world" / "manifest.jsonl"
+    before = manifest.read_text()
+    assert tw.step_world(cfg, tiny_world) == tiny_world / "world"
+    assert manifest.read_text() == before and not (tiny_world / "logs").exists()
+
+
+def test_eval_inputs_come_from_held_out_identities_only(tiny_world):
+    inputs = tw.eval_inputs(tiny_world / "world", tiny_world, count=5)
+    splits = {
+        e["clip_id"]: e["split"]
+        for e in map(json.loads, (tiny_world / "world" / "manifest.jsonl").read_text().splitlines())
+    }
+    assert [i["clip_id"] for i in inputs] == ["id0001_c000", "id0001_c001"]
+    assert all(splits[i["clip_id"]] == "eval" for i in inputs)
+    from PIL import Image
+
+    truth = np.load(tiny_world / "world" / "clips" / "id0001_c000.truth.npz")
+    assert np.array_equal(np.asarray(Image.open(inputs[0]["image"])), truth["reference_frame"])
+
+
+def test_failed_step_raises_with_the_log_tail(tmp_path):
+    with pytest.raises(RuntimeError, match="failed with status"):
+        tw.run_cli(["data_pipeline.toyworld.generate", "--num_identities", "0"], tmp_path / "bad.log")
+    assert "usage" in (tmp_path / "bad.log").read_text()
+
+
+@pytest.mark.slow
+def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path):
+    cfg = get_config("smoke")
+    rows = tw.run_recipe(cfg, tmp_path)
+    assert set(rows) == {"ground truth", "audio-driven", "pose-driven"}
+    assert rows["ground truth"]["sync"] >= 0.9
+    for name in ("audio-driven", "pose-driven"):
+        assert rows[name]["clips"] == 1 and np.isfinite(rows[name]["motion_px"])
+    assert (tmp_path / "vae" / "config.json").is_file() and tw.finished_step(tmp_path / "stage3") == 2
+    stamp = (tmp_path / "samples" / "audio").stat().st_mtime_ns
+    tw.run_recipe(cfg, tmp_path)  # everything exists: all steps are skipped
+    assert (tmp_path / "samples" / "audio").stat().st_mtime_ns == stamp
