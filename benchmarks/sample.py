@@ -1,0 +1,102 @@
+"""Seconds per denoising step of the sampler: batched multi-condition CFG vs. one forward per branch.
+
+OmniHuman-1 section 3.4 guides text and audio, which takes three predictions per step (no text/audio,
+text only, both). `omnihuman_jax.guidance` runs them as ONE forward over a 3x batch; the baseline runs three
+forwards of batch 1 and combines them. Both are timed in the same run, on random params of a preset (no VAE:
+latents only), over `--steps` Euler steps, `--repeats` times (best repeat reported, compile excluded).
+
+  python -m benchmarks.sample --preset small --steps 2 --repeats 1
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from configs.base import get_base_config
+from omnihuman_jax.batch import sample_model_inputs, zeros_batch
+from omnihuman_jax.guidance import branch_velocities, combine, guidance_mode, make_guided_velocity
+from omnihuman_jax.models.dit import DiTConfig, OmniHumanDiT
+from omnihuman_jax.sampling import sample_flow, timestep_grid
+
+
+def parse() -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="small", help="Model preset (configs/presets.py).")
+    p.add_argument("--steps", type=int, default=2, help="Denoising steps per timed run.")
+    p.add_argument("--repeats", type=int, default=1, help="Timed runs per variant; the best is reported.")
+    p.add_argument("--latent_frames", type=int, help="Latent frames; default: the preset's shape.")
+    p.add_argument("--latent_size", type=int, help="Latent height = width; default: the preset's shape.")
+    p.add_argument("--seed", type=int, default=0, help="Seed of params and inputs.")
+    return p.parse_args()
+
+
+def setup(args: argparse.Namespace):
+    config = get_base_config(stage=2, preset=args.preset)
+    if args.latent_frames:
+        config.shape.latent_frames = args.latent_frames
+    if args.latent_size:
+        config.shape.latent_height = config.shape.latent_width = args.latent_size
+    model = OmniHumanDiT(DiTConfig.from_config(config.model))
+    rng = np.random.default_rng(args.seed)
+    batch = zeros_batch(config, 1)
+    for k, v in batch.items():
+        if v.dtype == np.float32:
+            batch[k] = rng.standard_normal(v.shape).astype(np.float32)
+    batch["text_mask"][:] = True
+    batch["condition_mask"][:] = True
+    inputs = {k: jnp.asarray(v) for k, v in sample_model_inputs(batch).items()}
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(args.seed), inputs, jnp.zeros((1,)))["params"])
+    inputs.pop("condition_mask")  # each guidance branch sets its own
+    return config, model, params, inputs
+
+
+def time_sampler(velocity_fn, noise, timesteps, repeats: int) -> float:
+    """Best seconds per step over `repeats` runs, after one warm-up (compile) evaluation."""
+    jax.block_until_ready(velocity_fn(noise, jnp.float32(1.0), 0))
+    best = float("inf")
+    for _ in range(repeats):
+        start = time.perf_counter()
+        jax.block_until_ready(sample_flow(velocity_fn, noise, timesteps))
+        best = min(best, (time.perf_counter() - start) / (len(timesteps) - 1))
+    return best
+
+
+def main() -> None:
+    args = parse()
+    config, model, params, inputs = setup(args)
+    mode = guidance_mode("audio")
+    s_text, s_audio = jnp.float32(3.0), jnp.float32(2.5)
+    guided = make_guided_velocity(model, mode)
+    apply = jax.jit(model.apply)
+
+    def batched(x, t, i):
+        return guided(params, dict(inputs, noisy_latents=x), jnp.full((1,), t), s_text, s_audio)
+
+    def separate(x, t, i):
+        branches = branch_velocities(apply, params, dict(inputs, noisy_latents=x), jnp.full((1,), t), mode)
+        return combine(branches, s_text, s_audio)
+
+    noise = jax.random.normal(jax.random.key(args.seed), inputs["noisy_latents"].shape)
+    timesteps = timestep_grid(args.steps, 1.0)
+    same = float(jnp.max(jnp.abs(batched(noise, 0.5, 0) - separate(noise, 0.5, 0))))
+    t_batched = time_sampler(batched, noise, timesteps, args.repeats)
+    t_separate = time_sampler(separate, noise, timesteps, args.repeats)
+    s = config.shape
+    print(
+        f"preset={args.preset} latents=({s.latent_frames}, {s.latent_height}, {s.latent_width}) "
+        f"steps={args.steps} repeats={args.repeats} "
+        f"devices={jax.device_count()} ({jax.devices()[0].platform})"
+    )
+    print(f"batched CFG (1 forward, 3 branches): {t_batched:.3f} s/step")
+    print(f"separate forwards (3 x batch 1):    {t_separate:.3f} s/step")
+    print(f"speedup separate / batched: {t_separate / t_batched:.2f}x  (max |difference| {same:.2e})")
+
+
+if __name__ == "__main__":
+    main()
