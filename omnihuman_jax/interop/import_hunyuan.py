@@ -29,7 +29,14 @@ from omnihuman_jax.batch import zeros_batch
 from omnihuman_jax.checkpointing import Checkpointer
 from omnihuman_jax.conditions import model_inputs
 from omnihuman_jax.interop.diffusers_vae import load_vae
-from omnihuman_jax.interop.export_torch import STACKED, is_addition, to_flax, torch_key, unstacked_paths
+from omnihuman_jax.interop.export_torch import (
+    STACKED,
+    is_addition,
+    to_flax,
+    torch_key,
+    torch_shape,
+    unstacked_paths,
+)
 from omnihuman_jax.models.dit import DiTConfig, OmniHumanDiT
 
 CONFIG_NAME = "config.json"
@@ -212,12 +219,14 @@ def _read_leaf(tensors: LazyTensors, path, keys: list[str], leaf, cfg: DiTConfig
     want = leaf.shape[1:] if stacked else leaf.shape
     layers = []
     for key in keys:
-        value = to_flax(key, tensors.get(key), cfg)
-        if tuple(value.shape) != tuple(want):
+        value = tensors.get(key)
+        need = torch_shape(key, tuple(want), cfg)
+        if tuple(value.shape) != need:
             raise ValueError(
-                f"{tensors.files[key]}: tensor {key} has the wrong shape for params/{'/'.join(path)} "
-                f"(flax layout {tuple(value.shape)}, the model config needs {tuple(want)})"
+                f"{tensors.files[key]}: tensor {key} has the wrong shape {tuple(value.shape)}; the model "
+                f"config needs {need} (for params/{'/'.join(path)})"
             )
+        value = to_flax(key, value, cfg)
         layers.append(value.astype(leaf.dtype))
     return np.stack(layers) if stacked else layers[0]
 
