@@ -62,15 +62,20 @@ def _require_str(obj: dict, key: str, line: int, *, required: bool) -> str | Non
 def _resolve(
     root: Path, rel: str, key: str, line: int, *, allow_outside_root: bool, max_file_bytes: int | None
 ) -> Path:
-    path = (root / rel).resolve()
-    if not allow_outside_root and not path.is_relative_to(root):
+    try:
+        path = (root / rel).resolve()
+        outside = not path.is_relative_to(root)
+        exists = path.is_file()
+    except (OSError, ValueError) as e:  # a NUL byte, an over-long name, a symlink loop
+        raise ManifestError(f"{key} path {rel[:200]!r} is not usable ({e})", line=line) from e
+    if outside and not allow_outside_root:
         raise ManifestError(
             f"{key} path {rel!r} leaves the manifest folder {root}; move the file under it "
             "or pass allow_outside_root=True (--allow_outside_root)",
             line=line,
             reason="path_outside_root",
         )
-    if not path.is_file():
+    if not exists:
         raise ManifestError(f"{key} file {rel!r} does not exist ({path})", line=line, reason="missing_file")
     if max_file_bytes is not None:
         size = path.stat().st_size
@@ -136,6 +141,22 @@ def parse_entry(
     )
 
 
+def _decode_line(raw: bytes, line: int) -> object | None:
+    """One manifest line's JSON value, None for a blank line; ManifestError for bad bytes or JSON."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise ManifestError(f"not UTF-8 text ({e.reason} at byte {e.start})", line=line) from e
+    if not text.strip():
+        return None
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise ManifestError(f"invalid JSON ({e.msg} at column {e.colno})", line=line) from e
+    except RecursionError as e:
+        raise ManifestError("JSON nested too deeply", line=line) from e
+
+
 def iter_manifest(
     manifest_path: str | os.PathLike,
     *,
@@ -151,14 +172,14 @@ def iter_manifest(
         raise FileNotFoundError(f"manifest {path} does not exist")
     root = path.parent.resolve()
     seen: dict[str, int] = {}
-    with path.open("r", encoding="utf-8") as f:
-        for line_no, text in enumerate(f, start=1):
-            if not text.strip():
-                continue
+    with path.open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
             try:
-                obj = json.loads(text)
-            except json.JSONDecodeError as e:
-                yield ManifestError(f"invalid JSON ({e.msg} at column {e.colno})", line=line_no)
+                obj = _decode_line(raw, line_no)
+            except ManifestError as e:
+                yield e
+                continue
+            if obj is None:
                 continue
             try:
                 entry = parse_entry(
@@ -198,11 +219,11 @@ def read_manifest(
 def list_splits(manifest_path: str | os.PathLike) -> list[str]:
     """The distinct `split` values of a manifest's parseable lines, in first-seen order."""
     splits: list[str] = []
-    with Path(manifest_path).open("r", encoding="utf-8") as f:
-        for text in f:
+    with Path(manifest_path).open("rb") as f:
+        for line_no, raw in enumerate(f, start=1):
             try:
-                obj = json.loads(text) if text.strip() else None
-            except json.JSONDecodeError:
+                obj = _decode_line(raw, line_no)
+            except ManifestError:
                 continue
             if isinstance(obj, dict):
                 split = obj.get("split") or "train"

@@ -133,6 +133,8 @@ def decode_video(
         if not container.streams.video:
             raise MediaError(path, "has no video stream", reason="video_decode_error")
         stream = container.streams.video[0]
+        if stream.codec_context is None:  # a codec FFmpeg does not know
+            raise MediaError(path, "video stream has an unknown codec", reason="video_decode_error")
         stream.thread_type = "AUTO"
         src_h, src_w = stream.codec_context.height, stream.codec_context.width
         if not src_h or not src_w:
@@ -228,7 +230,11 @@ def _decode_audio_pyav(
         if not container.streams.audio:
             raise MediaError(path, "has no audio track; give an 'audio' file", reason="missing_audio")
         stream = container.streams.audio[0]
-        rate = stream.codec_context.sample_rate
+        rate = stream.codec_context.sample_rate if stream.codec_context is not None else 0
+        if not rate or rate <= 0:
+            raise MediaError(
+                path, "audio track has an unknown codec or no sample rate", reason="audio_decode_error"
+            )
         resampler = av.AudioResampler(format="fltp")  # planar float, same layout and rate
         chunks: list[np.ndarray] = []
         total = 0
@@ -283,18 +289,52 @@ def load_keypoints(path: str | Path) -> np.ndarray:
     path = Path(path)
     try:
         if path.suffix.lower() == ".npy":
+            _check_npy_header(path)  # shape and dtype before any data is read
             array = np.load(path, allow_pickle=False)
         elif path.suffix.lower() == ".json":
             with path.open("r", encoding="utf-8") as f:
                 array = np.asarray(json.load(f)["keypoints"], dtype=np.float32)
         else:
             raise MediaError(path, "keypoints must be .npy or .json", reason="keypoints_error")
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise MediaError(path, f"cannot read keypoints ({e})", reason="keypoints_error") from e
-    if array.ndim != 3 or array.shape[1:] != (NUM_KEYPOINTS, 3):
+        _check_keypoint_shape(path, array.shape)
+        return array.astype(np.float32)
+    except MediaError:
+        raise
+    except (OSError, ValueError, KeyError, TypeError, EOFError, OverflowError, RecursionError) as e:
+        raise MediaError(
+            path, f"cannot read keypoints ({type(e).__name__}: {e})", reason="keypoints_error"
+        ) from e
+
+
+def _check_keypoint_shape(path: Path, shape: tuple[int, ...]) -> None:
+    if len(shape) != 3 or tuple(shape[1:]) != (NUM_KEYPOINTS, 3):
         raise MediaError(
             path,
-            f"keypoints have shape {array.shape}, expected (frames, {NUM_KEYPOINTS}, 3)",
+            f"keypoints have shape {shape}, expected (frames, {NUM_KEYPOINTS}, 3)",
             reason="keypoints_error",
         )
-    return array.astype(np.float32)
+
+
+def _check_npy_header(path: Path) -> None:
+    """A .npy's header: a plain numeric dtype, shape (F, 133, 3), and a file long enough for its data."""
+    with path.open("rb") as f:
+        version = np.lib.format.read_magic(f)
+        readers = {(1, 0): np.lib.format.read_array_header_1_0, (2, 0): np.lib.format.read_array_header_2_0}
+        if version not in readers:
+            raise MediaError(
+                path, f".npy format version {version} is not supported", reason="keypoints_error"
+            )
+        shape, _, dtype = readers[version](f)
+        header_end = f.tell()
+    if dtype.kind not in "fiu" or dtype.fields is not None or dtype.subdtype is not None:
+        raise MediaError(
+            path, f"keypoints have dtype {dtype}, expected float or int", reason="keypoints_error"
+        )
+    _check_keypoint_shape(path, shape)
+    need = header_end + math.prod(shape) * dtype.itemsize
+    if path.stat().st_size < need:
+        raise MediaError(
+            path,
+            f"is truncated: {path.stat().st_size} bytes, the header needs {need}",
+            reason="keypoints_error",
+        )
