@@ -4,9 +4,10 @@
 
 The output folder loads in plain PyTorch with
 `omnihuman_jax.interop.torch_dit.OmniHumanDiTTorch.from_pretrained(out)`. Tensors stream from the orbax
-checkpoint one at a time (whatever mesh saved it) into `model.safetensors`, or into several
-`model-0000i-of-0000n.safetensors` files with a `model.safetensors.index.json` when the weights exceed
---max_shard_size. Names follow diffusers' HunyuanVideoTransformer3DModel, plus the OmniHuman additions.
+checkpoint (whatever mesh saved it) a bounded group at a time (--read_bytes) into `model.safetensors`,
+or into several `model-0000i-of-0000n.safetensors` files with a `model.safetensors.index.json` when the
+weights exceed --max_shard_size. Names follow diffusers' HunyuanVideoTransformer3DModel, plus the
+OmniHuman additions.
 """
 
 from __future__ import annotations

@@ -1,9 +1,10 @@
 """Import a diffusers HunyuanVideo text-to-video model as the starting point of stage-1 training.
 
-  python -m launch.import_torch --config=configs/stage1.py:hunyuanvideo \
+  python -m launch.import_torch --config=configs/stage1.py:hunyuanvideo
       --transformer=HunyuanVideo/transformer --vae=HunyuanVideo/vae --out=runs/hv_init
-  python -m launch.train --config=configs/stage1.py:hunyuanvideo --workdir=runs/s1 \
+  python -m launch.train --config=configs/stage1.py:hunyuanvideo --workdir=runs/s1
       --config.checkpoint.init_from=runs/hv_init --config.vae.path=runs/hv_init/vae
+(each command on one line).
 
 Every tensor of the diffusers `HunyuanVideoTransformer3DModel` maps to one param (shapes are checked and a
 mismatch names the tensor); tensors left unmapped are listed. The OmniHuman additions (audio
