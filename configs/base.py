@@ -48,8 +48,8 @@ def model_config() -> ml_collections.ConfigDict:
             pose_window=1,  # +/- adjacent latent frames concatenated
             dtype="float32",  # compute dtype; bf16 on accelerators
             param_dtype="float32",
-            attention="auto",  # auto | xla | cudnn
-            remat="none",  # none | full | save_dots
+            attention="auto",  # auto | xla | cudnn | splash
+            remat="none",  # none | full | save_dots | save_qkv_proj | offload
             scan_layers=False,
         )
     )
@@ -106,7 +106,7 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
     )
 
     cfg.batch_size = 2  # global batch
-    cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, tensor=1))
+    cfg.mesh = ml_collections.ConfigDict(dict(data=-1, fsdp=1, context=1, tensor=1))  # context: sequence
     cfg.sharding = ml_collections.ConfigDict(
         dict(
             logical_axis_rules=(
@@ -122,7 +122,7 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
                 ("null", None),
                 ("layers", None),
                 ("act_batch", ("data", "fsdp")),
-                ("act_length", None),
+                ("act_length", "context"),
                 ("act_embed", None),
                 ("act_mlp", "tensor"),
                 ("act_heads", "tensor"),

@@ -1,7 +1,9 @@
 """Device mesh and logical-axis sharding, the MaxText way: a named Mesh and logical-to-mesh rules.
 
 Parameters carry logical axis names (`nn.with_logical_partitioning`), activations carry logical
-constraints, and `config.sharding.logical_axis_rules` maps both onto the mesh axes (data, fsdp, tensor).
+constraints, and `config.sharding.logical_axis_rules` maps both onto the mesh axes (data, fsdp, context,
+tensor). `context` shards the token sequence (`act_length`); see omnihuman_jax/context_parallel.py. A mesh
+config without a `context` entry gets context = 1.
 """
 
 from __future__ import annotations
@@ -14,13 +16,13 @@ import jax
 import numpy as np
 from jax.sharding import Mesh, NamedSharding, PartitionSpec
 
-MESH_AXES = ("data", "fsdp", "tensor")
+MESH_AXES = ("data", "fsdp", "context", "tensor")
 BATCH_AXES = ("data", "fsdp")
 
 
 def mesh_shape(sizes: dict[str, int], num_devices: int) -> tuple[int, ...]:
     """Resolves one -1 entry to fill the devices; checks the product."""
-    shape = [int(sizes[a]) for a in MESH_AXES]
+    shape = [int(sizes.get(a, 1)) for a in MESH_AXES]
     if shape.count(-1) > 1:
         raise ValueError(f"mesh: at most one axis may be -1, got {dict(sizes)}")
     known = int(np.prod([s for s in shape if s != -1]))

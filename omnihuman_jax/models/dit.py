@@ -22,7 +22,7 @@ import jax
 import jax.numpy as jnp
 
 from omnihuman_jax.conditions import apply_condition_mask
-from omnihuman_jax.models.attention import resolve_backend
+from omnihuman_jax.models.attention import QKV_CHECKPOINT_NAMES, resolve_backend
 from omnihuman_jax.models.blocks import DualStreamBlock, SingleStreamBlock
 from omnihuman_jax.models.conditions import AudioProjector, PoseGuider, motion_channels
 from omnihuman_jax.models.layers import MLPEmbedder, dense, layer_norm, timestep_sinusoid
@@ -30,11 +30,32 @@ from omnihuman_jax.models.rope import rope_cos_sin, video_and_reference_position
 from omnihuman_jax.models.text_refiner import TextTokenRefiner
 
 TIMESTEP_SCALE = 1000.0  # network timestep = 1000 * flow time, as in diffusers' HunyuanVideo
-REMAT_POLICIES = {
-    "none": None,
-    "full": jax.checkpoint_policies.nothing_saveable,
-    "save_dots": jax.checkpoint_policies.checkpoint_dots_with_no_batch_dims,
-}
+REMAT_POLICIES = ("none", "full", "save_dots", "save_qkv_proj", "offload")
+
+
+def remat_policy(name: str):
+    """The jax.checkpoint policy of a block under `model.remat` (MaxText's names where they exist).
+
+    - `none`: no remat (every activation kept); `full`: keep only the block inputs, recompute the rest;
+    - `save_dots`: keep matmul outputs without batch dims (the projections), recompute the pointwise ops;
+    - `save_qkv_proj`: keep only the q/k/v projections (tagged with checkpoint_name in attention.py);
+    - `offload`: like save_dots, but the saved matmul outputs go to pinned host memory. Host and device
+      memory are the same on CPU, where XLA has no memory-space offload, so there it is save_dots.
+    """
+    policies = jax.checkpoint_policies
+    if name == "none":
+        return None
+    if name == "full":
+        return policies.nothing_saveable
+    if name == "save_dots":
+        return policies.checkpoint_dots_with_no_batch_dims
+    if name == "save_qkv_proj":
+        return policies.save_only_these_names(*QKV_CHECKPOINT_NAMES)
+    if name == "offload":
+        if jax.default_backend() == "cpu":
+            return policies.checkpoint_dots_with_no_batch_dims
+        return policies.offload_dot_with_no_batch_dims("device", "pinned_host")
+    raise ValueError(f"model.remat={name!r}: choose one of {REMAT_POLICIES}")
 
 
 @dataclasses.dataclass(frozen=True)
@@ -103,7 +124,7 @@ class DiTConfig:
                 f"model.rope_axes_dim={self.rope_axes_dim} must sum to the head dim {self.head_dim}"
             )
         if self.remat not in REMAT_POLICIES:
-            raise ValueError(f"model.remat={self.remat!r}: choose one of {sorted(REMAT_POLICIES)}")
+            raise ValueError(f"model.remat={self.remat!r}: choose one of {REMAT_POLICIES}")
 
 
 def patchify(x: jax.Array, p: int) -> jax.Array:
@@ -235,9 +256,9 @@ class OmniHumanDiT(nn.Module):
 
     def _stack(self, block_cls, n: int, name: str, common: dict):
         """A callable running `n` blocks, scanned (one compiled body) or unrolled, with remat."""
-        policy = REMAT_POLICIES[self.config.remat]
         cls = block_cls
         if self.config.remat != "none":
+            policy = remat_policy(self.config.remat)
             cls = nn.remat(block_cls, policy=policy, prevent_cse=not self.config.scan_layers)
         if n == 0:
             return lambda carry, *args: (carry, None)

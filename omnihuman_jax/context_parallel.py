@@ -1,0 +1,89 @@
+"""Context parallelism: the token sequence sharded over a `context` mesh axis (as in MaxText's
+context-parallel attention and the all-gather variant of ring attention).
+
+Activations carry `act_length`, which the rules map to the `context` mesh axis, so every device holds a
+slice of the joint (video, reference, text) sequence for the pointwise layers. Attention needs every key:
+under `jax.shard_map` each device keeps its query slice, all-gathers keys, values and the key mask over
+`context`, and runs the single-device kernel (`omnihuman_jax.models.attention.local_attention`). The
+sequence is padded to a multiple of the context size first; padded keys are masked out and padded query
+rows dropped, so results equal the unsharded run.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+from jax.sharding import PartitionSpec as P
+
+CONTEXT_AXIS = "context"
+Kernel = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
+
+
+def context_axis_size() -> int:
+    """Size of the `context` axis of the mesh set with `jax.set_mesh` (1 without one)."""
+    mesh = jax.sharding.get_abstract_mesh()
+    if mesh.empty or CONTEXT_AXIS not in mesh.axis_names:
+        return 1
+    return int(mesh.shape[CONTEXT_AXIS])
+
+
+def _mesh_axes(logical: str, default, mesh_axes: tuple[str, ...]):
+    """Mesh axes of one logical activation axis under the current flax rules (context excluded)."""
+    try:
+        (axes,) = nn.logical_to_mesh_axes((logical,))
+    except (ValueError, TypeError):
+        axes = default
+    if axes is None:
+        return None
+    axes = (axes,) if isinstance(axes, str) else tuple(axes)
+    kept = tuple(a for a in axes if a in mesh_axes and a != CONTEXT_AXIS)
+    return kept or None
+
+
+def attention_specs() -> tuple[P, P]:
+    """(q/k/v spec (B, S, H, D), key-mask spec (B, S)) for the shard_map over the current mesh."""
+    names = tuple(jax.sharding.get_abstract_mesh().axis_names)
+    batch = _mesh_axes("act_batch", ("data", "fsdp"), names)
+    heads = _mesh_axes("act_heads", "tensor", names)
+    return P(batch, CONTEXT_AXIS, heads, None), P(batch, CONTEXT_AXIS)
+
+
+def context_parallel_attention(
+    q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None, kernel: Kernel
+) -> jax.Array:
+    """q (B, Sq, H, D), k/v (B, Sk, H, D), key_mask (B, Sk) -> (B, Sq, H, D), sharded over `context`."""
+    n = context_axis_size()
+    b, sq = q.shape[:2]
+    if key_mask is None:
+        key_mask = jnp.ones((b, k.shape[1]), bool)
+    qp = _pad(q, n)
+    kp, vp = _pad(k, n), _pad(v, n)
+    mp = _pad(key_mask, n, value=False)
+    qkv_spec, mask_spec = attention_specs()
+
+    def local(q_blk, k_blk, v_blk, m_blk):
+        # (B/dp, S/n, H/tp, D) queries; keys, values and mask gathered over the whole sequence.
+        k_all = jax.lax.all_gather(k_blk, CONTEXT_AXIS, axis=1, tiled=True)
+        v_all = jax.lax.all_gather(v_blk, CONTEXT_AXIS, axis=1, tiled=True)
+        m_all = jax.lax.all_gather(m_blk, CONTEXT_AXIS, axis=1, tiled=True)
+        return kernel(q_blk, k_all, v_all, m_all)
+
+    out = jax.shard_map(
+        local,
+        in_specs=(qkv_spec, qkv_spec, qkv_spec, mask_spec),
+        out_specs=qkv_spec,
+        check_vma=False,
+    )(qp, kp, vp, mp)
+    return out[:, :sq]
+
+
+def _pad(x: jax.Array, multiple: int, value=0) -> jax.Array:
+    pad = -x.shape[1] % multiple
+    if not pad:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[1] = (0, pad)
+    return jnp.pad(x, widths, constant_values=value)
