@@ -101,7 +101,10 @@ def _probe(path: Path) -> tuple[int, int, int, list[str]]:
 
 def test_cli_writes_an_mp4_with_audio_at_the_audio_length_and_the_image_bucket(assets, tmp_path):
     out = tmp_path / "video.mp4"
-    env = dict(os.environ, PYTHONPATH=str(REPO))
+    # One CPU device: the 8-device branch sharding is covered by tests/test_guidance.py, and the
+    # simulated 8-device mesh makes this run 4x slower.
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=flags)
     cmd = [sys.executable, "-m", "launch.sample", *_args(assets, out, **{"--image": assets["tall.jpg"]})]
     proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
     assert proc.returncode == 0, proc.stderr[-3000:]
@@ -178,3 +181,17 @@ def test_help_explains_every_flag():
         "--pixel_budget",
     ):
         assert flag in text
+
+
+@pytest.mark.parametrize("channels,layout", [(1, "mono"), (2, "stereo")])
+def test_video_writer_keeps_the_audio_layout_and_every_frame(tmp_path, channels, layout):
+    rate, fps = 22050, 8.0
+    audio = (0.1 * np.random.default_rng(0).standard_normal((channels, rate))).astype(np.float32)  # 1 s
+    out = tmp_path / "w.mp4"
+    writer = cli.VideoWriter(out, fps, (32, 48), (audio, rate))
+    writer.write(np.zeros((5, 32, 48, 3), np.uint8), last=False)
+    writer.write(np.full((3, 32, 48, 3), 200, np.uint8), last=True)
+    writer.close()
+    frames, width, height, layouts = _probe(out)
+    assert (frames, width, height, layouts) == (8, 48, 32, [layout])
+    assert not list(tmp_path.glob(".w.mp4.tmp*"))  # the temporary file was renamed into place
