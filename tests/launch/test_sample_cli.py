@@ -121,8 +121,8 @@ def test_cli_writes_an_mp4_with_audio_at_the_audio_length_and_the_image_bucket(a
     [
         ({"--image": "notimage.png"}, "cannot read it as an image"),
         ({"--image": "missing.png"}, "does not exist"),
-        ({"--audio": "empty.wav"}, "--audio"),
-        ({"--audio": "notaudio.wav"}, "--audio"),
+        ({"--audio": "empty.wav"}, "--audio: empty.wav: audio has no samples"),
+        ({"--audio": "notaudio.wav"}, "--audio: notaudio.wav: cannot open audio"),
         ({"--pose": "pose_short.npy"}, "has 5 frames but the audio gives 33"),
         ({"--checkpoint": "bad_run"}, "do not match its model config"),
         ({"--checkpoint": "nowhere"}, "does not exist"),
