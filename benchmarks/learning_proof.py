@@ -38,6 +38,7 @@ TARGETS = (
 
 def run_proof(cfg: Any, root: Path) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
     t0 = time.perf_counter()
+    root = root.resolve()
     tw.run_recipe(cfg, root)
     world, vae, data = root / "world", root / "vae", root / "data"
     inputs = tw.eval_inputs(world, root, int(cfg.eval.clips))
@@ -147,8 +148,9 @@ def main(argv: list[str] | None = None) -> int:
     from configs.toyworld import get_config
 
     cfg = get_config(args.recipe)
-    rows, timing = run_proof(cfg, Path(args.workdir))
-    write_doc(cfg, Path(args.workdir), rows, timing, Path(args.doc))
+    root = Path(args.workdir).resolve()
+    rows, timing = run_proof(cfg, root)
+    write_doc(cfg, root, rows, timing, Path(args.doc))
     print(format_table(rows))
     print("\n".join(check_targets(rows)))
     return 0

@@ -30,8 +30,12 @@ STAGE_RATIOS = {
 
 RECIPES = {
     "smoke": dict(
-        world=dict(num_identities=2, clips_per_identity=1, seconds=0.8),
-        vae=dict(total_steps=2, batch_size=2, block_out_channels=(8, 8, 8, 8), norm_num_groups=4),
+        world=dict(
+            num_identities=3, clips_per_identity=1, seconds=1.6, audio_clean_rate=1.0, pose_clean_rate=1.0
+        ),
+        vae=dict(
+            total_steps=2, batch_size=2, block_out_channels=(8, 8, 8, 8), norm_num_groups=4, stats_batches=1
+        ),
         steps=(2, 2, 2),
         sample_steps=2,
         eval_clips=1,
@@ -65,10 +69,10 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     r = RECIPES[recipe]
     cfg = ml_collections.ConfigDict()
     cfg.recipe = recipe
-    cfg.world = dict(
-        seed=0, height=64, width=64, fps=25.0, eval_identities=2 if recipe != "smoke" else 1,
-        audio_clean_rate=0.8, pose_clean_rate=0.8, camera_motion_rate=0.0, **r["world"],
-    )  # fmt: skip
+    cfg.world = {
+        "seed": 0, "height": 64, "width": 64, "fps": 25.0, "eval_identities": 1 if recipe == "smoke" else 2,
+        "audio_clean_rate": 0.8, "pose_clean_rate": 0.8, "camera_motion_rate": 0.0, **r["world"],
+    }  # fmt: skip
     # data_pipeline.build flags: 9-frame clips (3 latent frames: 2 motion + 1 predicted) in one 64x64 bucket.
     cfg.data = dict(clip_frames=9, pixel_budget=4096, mel_bins=16, mel_groups=2, workers=0)
     # launch.train_vae --config overrides (its defaults: a (8, 16, 32, 32) VAE, 5-frame 32x32 crops).

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 SAMPLE_MODES = ("audio", "pose")  # the main job's driving modes: audio only, then pose only
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # stage files, found from any working directory
 
 
 def _log(msg: str) -> None:
@@ -42,7 +43,9 @@ def run_cli(args: list[str], log_path: Path) -> None:
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(args)}\n")
         log.flush()
-        code = subprocess.call([sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env)
+        code = subprocess.call(
+            [sys.executable, "-m", *args], stdout=log, stderr=subprocess.STDOUT, env=env, cwd=CONFIGS.parent
+        )
     if code != 0:
         tail = "".join(log_path.read_text().splitlines(keepends=True)[-30:])
         raise RuntimeError(
@@ -121,7 +124,7 @@ def step_stage(
     if finished_step(workdir) >= total:
         return workdir
     args = [
-        "launch.train", f"--config=configs/stage{stage}.py:{cfg.preset}", f"--workdir={workdir}",
+        "launch.train", f"--config={CONFIGS / f'stage{stage}.py'}:{cfg.preset}", f"--workdir={workdir}",
         f"--config.data.dir={data}", f"--config.vae.path={vae}",
     ]  # fmt: skip
     if init_from is not None:
@@ -202,6 +205,7 @@ def run_recipe(cfg: Any, root: Path) -> dict[str, dict[str, float]]:
     """The main job; returns the metrics rows (ground truth, then each driving mode)."""
     from launch.evaluate import format_table
 
+    root = Path(root).resolve()  # subprocesses run in the repository root
     root.mkdir(parents=True, exist_ok=True)
     timings: dict[str, float] = {}
 
