@@ -1,0 +1,205 @@
+"""Train-step benchmark on the host CPU: our jitted step vs diffusers' HunyuanVideo step, same shape.
+
+  python -m benchmarks.train_step --preset=small --threads=2
+
+One run prints: our step time, tokens/s and MFU against a square-matmul peak measured in the same run
+(`omnihuman_jax.metrics.measure_matmul_peak`, same threads and dtype), then, where torch and diffusers
+import, the step time of diffusers' `HunyuanVideoTransformer3DModel` at the same latent and text shape
+(forward, backward and AdamW, fp32, same thread count) and the ratio ours / theirs. Our step is the real
+training step (flow-matching loss, AdamW, grad clipping, EMA, NaN guard). Both frameworks get exactly
+`--threads` intra-op threads; XLA's flags are set here before jax is imported.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import time
+
+DEFAULT_XLA_FLAGS = ""
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--preset", default="small", help="model preset from configs/presets.py (default small)")
+    p.add_argument("--stage", type=int, default=1, help="training stage 1-3: which conditions are active")
+    p.add_argument("--batch_size", type=int, default=1, help="global batch (default 1)")
+    p.add_argument("--threads", type=int, default=os.cpu_count(), help="intra-op threads for both frameworks")
+    p.add_argument("--steps", type=int, default=5, help="timed steps per framework (best and median shown)")
+    p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
+    p.add_argument("--remat", default="none", help="model.remat policy for our step")
+    p.add_argument("--dtype", default="float32", help="our compute dtype (float32 or bfloat16)")
+    p.add_argument("--attention", default="xla", help="our attention backend")
+    p.add_argument("--xla_flags", default=DEFAULT_XLA_FLAGS, help="extra XLA_FLAGS set before jax imports")
+    p.add_argument("--skip_torch", action="store_true", help="do not time the diffusers model")
+    p.add_argument(
+        "--no_audio_pose",
+        action="store_true",
+        help="drop our audio and pose modules (closest to the plain HunyuanVideo graph)",
+    )
+    return p.parse_args(argv)
+
+
+def set_thread_env(threads: int, xla_flags: str) -> None:
+    """Pins both frameworks to `threads` intra-op threads; must run before jax / torch import."""
+    flags = f"{xla_flags} --xla_force_host_platform_device_count=1".strip()
+    os.environ["XLA_FLAGS"] = flags
+    os.environ["JAX_PLATFORMS"] = "cpu"
+    for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
+        os.environ[var] = str(threads)
+    # XLA:CPU sizes its thread pool from the CPUs this process may run on: restrict them for both.
+    if hasattr(os, "sched_setaffinity") and threads < len(os.sched_getaffinity(0)):
+        os.sched_setaffinity(0, sorted(os.sched_getaffinity(0))[:threads])
+
+
+def timed(fn, steps: int, warmup: int) -> list[float]:
+    for _ in range(warmup):
+        fn()
+    times = []
+    for _ in range(steps):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return times
+
+
+def our_step(args) -> tuple[list[float], float, object]:
+    import jax
+    import numpy as np
+
+    from configs.base import get_base_config
+    from omnihuman_jax import flops as flops_lib
+    from omnihuman_jax import sharding as shd
+    from omnihuman_jax.batch import sample_model_inputs, zeros_batch
+    from omnihuman_jax.models.dit import DiTConfig, OmniHumanDiT
+    from omnihuman_jax.train_state import init_train_state, lr_schedule, make_optimizer
+    from omnihuman_jax.train_step import jit_train_step, make_train_step
+
+    config = get_base_config(args.stage, args.preset)
+    config.batch_size = args.batch_size
+    config.model.update(dict(remat=args.remat, dtype=args.dtype, attention=args.attention))
+    overrides = dict(use_audio=False, use_pose=False) if args.no_audio_pose else {}
+    model = OmniHumanDiT(DiTConfig.from_config(config.model, **overrides))
+    mesh = shd.make_mesh(dict(config.mesh), jax.devices()[:1])
+    rules = config.sharding.logical_axis_rules
+    optimizer = make_optimizer(config.optimizer, config.total_steps)
+    batch = zeros_batch(config, args.batch_size)
+    rng = np.random.default_rng(0)
+    for k, v in batch.items():
+        if v.dtype == np.float32:
+            batch[k] = np.abs(rng.normal(size=v.shape)).astype(np.float32)
+    batch["condition_mask"][:] = True
+    batch["text_mask"][:] = True
+    state, shardings = init_train_state(model, optimizer, sample_model_inputs(batch), 0, mesh, rules)
+    step = jit_train_step(
+        make_train_step(model, optimizer, config, 1.0, lr_schedule(config.optimizer, 100)),
+        shardings,
+        batch,
+        mesh,
+        rules,
+    )
+    device_batch = shd.shard_batch(batch, mesh)
+    t0 = time.perf_counter()
+    compiled = step.lower(state, device_batch).compile()
+    compile_s = time.perf_counter() - t0
+    holder = {"state": state}
+
+    def run():
+        holder["state"], metrics = step(holder["state"], device_batch)
+        jax.block_until_ready(metrics["loss"])
+
+    times = timed(run, args.steps, args.warmup)
+    flops = flops_lib.train_flops_per_step(config, args.batch_size)
+    del compiled
+    return times, compile_s, (config, flops)
+
+
+def diffusers_step(args, config) -> list[float] | None:
+    try:
+        import torch
+        from diffusers import HunyuanVideoTransformer3DModel
+    except ImportError as e:
+        print(f"diffusers step skipped: {e}")
+        return None
+    torch.set_num_threads(args.threads)
+    m, s = config.model, config.shape
+    model = HunyuanVideoTransformer3DModel(
+        in_channels=m.latent_channels,
+        out_channels=m.latent_channels,
+        num_attention_heads=m.num_heads,
+        attention_head_dim=m.hidden_size // m.num_heads,
+        num_layers=m.num_dual_blocks,
+        num_single_layers=m.num_single_blocks,
+        num_refiner_layers=m.num_refiner_blocks,
+        mlp_ratio=m.mlp_ratio,
+        patch_size=m.patch_size,
+        patch_size_t=1,
+        guidance_embeds=False,
+        text_embed_dim=m.text_dim,
+        pooled_projection_dim=max(m.pooled_text_dim, 1),
+        rope_theta=m.rope_theta,
+        rope_axes_dim=tuple(m.rope_axes_dim),
+    ).train()
+    opt = torch.optim.AdamW(model.parameters(), lr=1e-4)
+    b = args.batch_size
+    g = torch.Generator().manual_seed(0)
+    x = torch.randn(b, m.latent_channels, s.latent_frames, s.latent_height, s.latent_width, generator=g)
+    text = torch.randn(b, s.text_len, m.text_dim, generator=g)
+    mask = torch.ones(b, s.text_len, dtype=torch.bool)
+    pooled = torch.randn(b, max(m.pooled_text_dim, 1), generator=g)
+    t = torch.full((b,), 500.0)
+    target = torch.randn_like(x)
+    n_params = sum(p.numel() for p in model.parameters())
+    print(
+        f"diffusers HunyuanVideoTransformer3DModel: {n_params / 1e6:.1f}M params, "
+        f"{torch.get_num_threads()} threads"
+    )
+
+    def run():
+        opt.zero_grad(set_to_none=True)
+        out = model(x, t, text, mask, pooled, return_dict=False)[0]
+        torch.nn.functional.mse_loss(out, target).backward()
+        opt.step()
+
+    return timed(run, args.steps, args.warmup)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = parse_args(argv)
+    set_thread_env(args.threads, args.xla_flags)
+    import jax
+    import jax.numpy as jnp
+    import numpy as np
+
+    from omnihuman_jax import flops as flops_lib
+    from omnihuman_jax.metrics import measure_matmul_peak
+
+    peak = measure_matmul_peak(2048, jnp.dtype(args.dtype), repeats=5)
+    print(
+        f"device: {jax.devices()[0].device_kind}, threads={args.threads}, "
+        f"XLA_FLAGS={os.environ['XLA_FLAGS']!r}"
+    )
+    print(f"measured {args.dtype} matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s")
+    times, compile_s, (config, flops) = our_step(args)
+    ours = float(np.median(times))
+    tokens = flops_lib.tokens_per_sample(config) * args.batch_size
+    print(
+        f"ours: preset={args.preset} stage={args.stage} batch={args.batch_size} remat={args.remat} "
+        f"dtype={args.dtype}: compile {compile_s:.1f} s, step median {ours:.3f} s (best {min(times):.3f} s), "
+        f"{tokens / ours:.0f} video tokens/s, model FLOPs {flops / 1e9:.1f} G/step, "
+        f"MFU {flops / ours / peak:.1%} of the measured peak"
+    )
+    if args.skip_torch:
+        return 0
+    theirs_times = diffusers_step(args, config)
+    if theirs_times is None:
+        return 0
+    theirs = float(np.median(theirs_times))
+    print(f"diffusers: step median {theirs:.3f} s (best {min(theirs_times):.3f} s)")
+    print(f"ratio ours/theirs (median step time): {ours / theirs:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
