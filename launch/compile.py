@@ -119,6 +119,7 @@ def abstract_train_state(config: Any, devices: list) -> dict[str, Any]:
         state=abstract_state(abstract, shardings),
         batch=batch,
         num_params=sum(int(x.size) for x in jax.tree.leaves(abstract.params)),
+        attention=config.model.attention,
     )
 
 
@@ -146,7 +147,7 @@ def compile_train_step(config: Any, devices: list) -> dict[str, Any]:
         mesh=dict(zip(mesh.axis_names, (int(s) for s in mesh.devices.shape), strict=True)),
         remat=config.model.remat,
         scan_layers=bool(config.model.scan_layers),
-        attention=config.model.attention,
+        attention=parts["attention"],
         num_params=parts["num_params"],
         compile_s=seconds,
         compiled_flops_per_device=float((cost or {}).get("flops", -1.0)),

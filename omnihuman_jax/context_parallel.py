@@ -23,11 +23,16 @@ Kernel = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array
 
 
 def context_axis_size() -> int:
-    """Size of the `context` axis of the mesh set with `jax.set_mesh` (1 without one)."""
+    """Size of the `context` axis of the mesh set with `jax.set_mesh` (1 without one or without the axis)."""
     mesh = jax.sharding.get_abstract_mesh()
     if mesh.empty or CONTEXT_AXIS not in mesh.axis_names:
         return 1
     return int(mesh.shape[CONTEXT_AXIS])
+
+
+def mesh_is_set() -> bool:
+    """Whether a mesh is set with `jax.set_mesh` (kernels that need shard_map check this)."""
+    return not jax.sharding.get_abstract_mesh().empty
 
 
 def _mesh_axes(logical: str, default, mesh_axes: tuple[str, ...]):
@@ -48,7 +53,8 @@ def attention_specs() -> tuple[P, P]:
     names = tuple(jax.sharding.get_abstract_mesh().axis_names)
     batch = _mesh_axes("act_batch", ("data", "fsdp"), names)
     heads = _mesh_axes("act_heads", "tensor", names)
-    return P(batch, CONTEXT_AXIS, heads, None), P(batch, CONTEXT_AXIS)
+    length = CONTEXT_AXIS if CONTEXT_AXIS in names else None
+    return P(batch, length, heads, None), P(batch, length)
 
 
 def context_parallel_attention(
@@ -56,6 +62,7 @@ def context_parallel_attention(
 ) -> jax.Array:
     """q (B, Sq, H, D), k/v (B, Sk, H, D), key_mask (B, Sk) -> (B, Sq, H, D), sharded over `context`."""
     n = context_axis_size()
+    gather = n > 1
     b, sq = q.shape[:2]
     if key_mask is None:
         key_mask = jnp.ones((b, k.shape[1]), bool)
@@ -66,6 +73,8 @@ def context_parallel_attention(
 
     def local(q_blk, k_blk, v_blk, m_blk):
         # (B/dp, S/n, H/tp, D) queries; keys, values and mask gathered over the whole sequence.
+        if not gather:  # context size 1: only batch / heads are split (e.g. a Pallas kernel)
+            return kernel(q_blk, k_blk, v_blk, m_blk)
         k_all = jax.lax.all_gather(k_blk, CONTEXT_AXIS, axis=1, tiled=True)
         v_all = jax.lax.all_gather(v_blk, CONTEXT_AXIS, axis=1, tiled=True)
         m_all = jax.lax.all_gather(m_blk, CONTEXT_AXIS, axis=1, tiled=True)

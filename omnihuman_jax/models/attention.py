@@ -64,11 +64,16 @@ def dot_product_attention(
 ) -> jax.Array:
     """Softmax attention. q (B, Sq, H, D), k/v (B, Sk, H, D), key_mask (B, Sk) bool -> (B, Sq, H, D).
 
-    Runs context-parallel when the current mesh has a `context` axis of size > 1.
+    Runs under shard_map (omnihuman_jax.context_parallel) when the current mesh has a `context` axis of
+    size > 1, and always for splash on a mesh: Mosaic kernels cannot be partitioned automatically.
     """
-    from omnihuman_jax.context_parallel import context_axis_size, context_parallel_attention
+    from omnihuman_jax.context_parallel import (
+        context_axis_size,
+        context_parallel_attention,
+        mesh_is_set,
+    )
 
-    if context_axis_size() > 1:
+    if context_axis_size() > 1 or (backend == "splash" and mesh_is_set()):
         return context_parallel_attention(
             q, k, v, key_mask, functools.partial(local_attention, backend=backend)
         )
