@@ -5,7 +5,8 @@ an import of pickle or a pickle-based serialiser (cPickle, dill, cloudpickle, sh
 `torch.load(...)` without `weights_only=True`; `trust_remote_code=True`; `np.load(..., allow_pickle=True)`.
 Files that do not parse are grepped for the same patterns. The manifest tests check that a path cannot
 leave the manifest's folder (`..`, absolute paths, symlinks) unless allowed, and that sizes and shapes
-are checked before anything is decoded.
+are checked before anything is decoded. The launch scripts (launch/tpu_pod.sh, launch/slurm.sh) run dry,
+with fake gcloud / srun, and must hand hostile arguments through verbatim without running any of them.
 """
 
 from __future__ import annotations
@@ -15,6 +16,7 @@ import json
 import os
 import pathlib
 import re
+import subprocess
 
 import numpy as np
 import pytest
@@ -158,3 +160,46 @@ def test_keypoints_npy_shape_and_size_are_checked_from_the_header_before_reading
     np.save(path, np.zeros((4, 133, 3), np.complex64))
     with pytest.raises(MediaError, match="dtype complex64"):
         load_keypoints(path)
+
+
+def _hostile_args(tmp: pathlib.Path) -> list[str]:
+    return [
+        f"$(touch {tmp}/pwned1)",
+        f"`touch {tmp}/pwned2`",
+        f"; touch {tmp}/pwned3",
+        f"--config.x=a b'c\"d && touch {tmp}/pwned4",
+        "line\nbreak | cat",
+    ]
+
+
+def _fake(tmp: pathlib.Path, name: str, body: str) -> str:
+    path = tmp / name
+    path.write_text("#!/usr/bin/env bash\n" + body)
+    path.chmod(0o755)
+    return str(path)
+
+
+@pytest.mark.parametrize("script", ["tpu_pod.sh", "slurm.sh"])
+def test_launch_script_passes_hostile_arguments_verbatim_and_runs_none(tmp_path, script):
+    """Dry run: gcloud / srun are fakes; gcloud's --command goes through a real `bash -c`, as on a worker."""
+    path = ROOT / "launch" / script
+    if not path.exists():
+        pytest.skip(f"launch/{script} is not in this checkout")
+    env = dict(os.environ, OMNIHUMAN_REMOTE_DIR=str(tmp_path))
+    env["GCLOUD"] = _fake(
+        tmp_path,
+        "gcloud",
+        'for a in "$@"; do [[ $a == --command=* ]] && cmd=${a#--command=}; done\nbash -c "$cmd"\n',
+    )
+    env["SRUN"] = _fake(tmp_path, "srun", 'while [[ $1 == --* ]]; do shift; done\nexec "$@"\n')
+    env["PYTHON"] = _fake(tmp_path, "python", "printf '%s\\0' \"$@\"\n")
+    hostile = _hostile_args(tmp_path)
+    if script == "tpu_pod.sh":
+        argv = [str(path), "tpu-name", "zone", "--", env["PYTHON"], "-m", "launch.train", *hostile]
+    else:
+        argv = [str(path), *hostile]
+    out = subprocess.run(argv, env=env, capture_output=True, timeout=60, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr.decode()
+    received = out.stdout.decode().split("\0")[:-1]
+    assert received == ["-m", "launch.train", *hostile], received
+    assert not list(tmp_path.glob("pwned*")), "a launch script let the shell run part of an argument"
