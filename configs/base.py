@@ -152,5 +152,6 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             motion_frames=5,  # video frames given as motion frames (latent frames 0 and 1)
         )
     )
-    cfg.vae = ml_collections.ConfigDict(dict(path=""))  # diffusers-format VAE folder
+    # diffusers-format VAE folder, and the video frames per chunk of online encoding (0: whole clip)
+    cfg.vae = ml_collections.ConfigDict(dict(path="", chunk_frames=0))
     return cfg
