@@ -40,7 +40,9 @@ class _Encoder:
         from omnihuman_jax.models.vae import encode_video
 
         self.cfg, self.params = load_vae(path)
-        self._encode = jax.jit(functools.partial(encode_video, self.cfg, chunk_frames=chunk_frames))
+        encode = functools.partial(encode_video, self.cfg, chunk_frames=chunk_frames)
+        # Chunked encoding loops in Python (bounded memory per chunk), so only the whole-clip path is jitted.
+        self._encode = encode if chunk_frames else jax.jit(encode)
 
     def __call__(self, frames: np.ndarray) -> np.ndarray:
         """(B, F, H, W, 3) uint8 -> (B, T, h, w, C) float32 scaled latents."""
