@@ -82,7 +82,18 @@ def reference(setup):
     return _loss_and_grad(build(cfg, remat="none"), params, inputs, t)
 
 
-@pytest.mark.parametrize("policy", [p for p in REMAT_POLICIES if p != "none"])
+# CI runs the two policies that differ most (recompute all, save only tagged q/k/v); the others are slow.
+CI_POLICIES = ("full", "save_qkv_proj")
+
+
+@pytest.mark.parametrize(
+    "policy",
+    [
+        p if p in CI_POLICIES else pytest.param(p, marks=pytest.mark.slow)
+        for p in REMAT_POLICIES
+        if p != "none"
+    ],
+)
 def test_remat_policy_gives_loss_and_grad_of_no_remat(setup, reference, policy):
     cfg, inputs, t, params = setup
     loss, grads = _loss_and_grad(build(cfg, remat=policy), params, inputs, t)
