@@ -31,6 +31,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--remat", default="none", help="model.remat policy for our step")
     p.add_argument("--dtype", default="float32", help="our compute dtype (float32 or bfloat16)")
     p.add_argument("--attention", default="xla", help="our attention backend")
+    p.add_argument("--platform", default="cpu", help="cpu (threads pinned) or gpu / tpu (one device)")
+    p.add_argument("--latent_frames", type=int, default=0, help="override shape.latent_frames (0: preset)")
     p.add_argument("--xla_flags", default=DEFAULT_XLA_FLAGS, help="extra XLA_FLAGS set before jax imports")
     p.add_argument("--skip_torch", action="store_true", help="do not time the diffusers model")
     p.add_argument(
@@ -41,11 +43,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     return p.parse_args(argv)
 
 
-def set_thread_env(threads: int, xla_flags: str) -> None:
+def set_thread_env(threads: int, xla_flags: str, platform: str = "cpu") -> None:
     """Pins both frameworks to `threads` intra-op threads; must run before jax / torch import."""
-    flags = f"{xla_flags} --xla_force_host_platform_device_count=1".strip()
-    os.environ["XLA_FLAGS"] = flags
-    os.environ["JAX_PLATFORMS"] = "cpu"
+    os.environ["XLA_FLAGS"] = f"{xla_flags} --xla_force_host_platform_device_count=1".strip()
+    os.environ["JAX_PLATFORMS"] = platform
+    if platform != "cpu":
+        return
     for var in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OPENBLAS_NUM_THREADS"):
         os.environ[var] = str(threads)
     # XLA:CPU sizes its thread pool from the CPUs this process may run on: restrict them for both.
@@ -78,6 +81,8 @@ def our_step(args) -> tuple[list[float], float, object]:
 
     config = get_base_config(args.stage, args.preset)
     config.batch_size = args.batch_size
+    if args.latent_frames:
+        config.shape.latent_frames = args.latent_frames
     config.model.update(dict(remat=args.remat, dtype=args.dtype, attention=args.attention))
     overrides = dict(use_audio=False, use_pose=False) if args.no_audio_pose else {}
     model = OmniHumanDiT(DiTConfig.from_config(config.model, **overrides))
@@ -167,7 +172,7 @@ def diffusers_step(args, config) -> list[float] | None:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    set_thread_env(args.threads, args.xla_flags)
+    set_thread_env(args.threads, args.xla_flags, args.platform)
     import jax
     import jax.numpy as jnp
     import numpy as np
