@@ -119,8 +119,8 @@ def step_stage(
     """Trains one stage (or an ablation variant `name` with `extra` overrides) to its total_steps."""
     name = name or f"stage{stage}"
     workdir = root / name
-    stage_pairs = list(cfg.stages[f"stage{stage}"]) + list(extra)
-    total = dict(stage_pairs)["total_steps"]
+    stage_pairs = dict(list(cfg.stages[f"stage{stage}"]) + list(extra))  # `extra` wins
+    total = stage_pairs["total_steps"]
     if finished_step(workdir) >= total:
         return workdir
     args = [
@@ -129,7 +129,7 @@ def step_stage(
     ]  # fmt: skip
     if init_from is not None:
         args.append(f"--config.checkpoint.init_from={init_from}")
-    run_cli(args + overrides(cfg.train) + overrides(stage_pairs), root / "logs" / f"{name}.log")
+    run_cli(args + overrides(cfg.train) + overrides(stage_pairs.items()), root / "logs" / f"{name}.log")
     return workdir
 
 

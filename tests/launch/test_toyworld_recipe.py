@@ -99,3 +99,21 @@ def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path):
     stamp = (tmp_path / "samples" / "audio").stat().st_mtime_ns
     tw.run_recipe(cfg, tmp_path)  # everything exists: all steps are skipped
     assert (tmp_path / "samples" / "audio").stat().st_mtime_ns == stamp
+
+
+def test_learning_proof_reports_met_and_missed_targets_with_the_gap(tmp_path):
+    from benchmarks import learning_proof as lp
+
+    row = dict(sync=0.5, pose_err_px=2.0, psnr=20.0, ssim=0.5, motion_px=1.0, clips=1)
+    lines = lp.check_targets(
+        {"1 audio-driven": row, "2 pose-driven": row, "ground truth": dict(row, sync=0.95)}
+    )
+    text = "\n".join(lines)
+    assert "1 audio-driven: sync = 0.500, target >= 0.6: **missed**, missed by 0.1" in text
+    assert "2 pose-driven: pose_err_px = 2.000, target <= 3.0: **met**" in text
+    assert "psnr = 20.000, target >= 25.0: **missed**, missed by 5" in text
+    assert "no-audio ablation, audio-driven: sync not measured" in text
+    lp.bar_plot({"a": row, "b": dict(row, sync=float("nan"))}, tmp_path / "p.png")
+    from PIL import Image
+
+    assert Image.open(tmp_path / "p.png").size[0] == 760
