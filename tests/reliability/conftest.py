@@ -49,6 +49,7 @@ def train_argv(workdir: os.PathLike, *overrides: str, module: str = "launch.trai
         "--config.checkpoint.every_steps=2",
         "--config.checkpoint.async_save=True",
         "--config.checkpoint.max_to_keep=3",
+        "--config.optimizer.decay_steps=100",  # the schedule (so the compiled step) ignores total_steps
         "--config.metrics.peak_flops_per_device=1e12",
         "--config.metrics.tensorboard=False",
         *overrides,
