@@ -97,6 +97,7 @@ def test_leftover_of_a_killed_save_is_removed_with_a_log_line(tmp_path, caplog):
     assert not partial.exists()
 
 
+@pytest.mark.slow  # CI keeps the in-process fallback test above; this adds the CLI round trip
 def test_resume_after_truncating_the_newest_step_retrains_to_identical_params(
     tmp_path, reference_run, jax_cache_dir
 ):
