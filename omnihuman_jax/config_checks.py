@@ -37,7 +37,10 @@ def principle2_warnings(ratios: Any) -> list[str]:
 
 def validate_config(config: Any) -> list[str]:
     """Raises ConfigError on a bad key or value; returns warnings."""
-    DiTConfig.from_config(config.model).validate()
+    try:
+        DiTConfig.from_config(config.model).validate()
+    except ValueError as e:
+        raise ConfigError(f"config.{e}" if str(e).startswith("model.") else str(e)) from e
     for name in CONDITIONS:
         _require(name in config.condition_ratios, f"condition_ratios.{name}", "missing")
         r = config.condition_ratios[name]

@@ -115,6 +115,9 @@ class DiTConfig:
         return self.latent_channels + 1 + pose
 
     def validate(self) -> None:
+        for key in ("hidden_size", "num_heads", "patch_size", "latent_channels", "pose_heatmap_scale"):
+            if getattr(self, key) <= 0:
+                raise ValueError(f"model.{key}={getattr(self, key)} must be positive")
         if self.hidden_size % self.num_heads:
             raise ValueError(
                 f"model.hidden_size={self.hidden_size} is not divisible by num_heads={self.num_heads}"

@@ -359,12 +359,6 @@ def test_fuzz_seeds_are_valid_inputs(tmp_path):
     assert load_keypoints(_write(tmp_path, "k.json", _json_keypoints_bytes())).shape == (2, 133, 3)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=ZeroDivisionError,
-    reason="known bug, not in this suite's files: omnihuman_jax/config_checks.validate_config and "
-    "DiTConfig.validate take `% model.patch_size` / `% model.num_heads` before checking they are positive",
-)
 @pytest.mark.parametrize("key", ["model.patch_size", "model.num_heads"])
 def test_zero_divisor_config_value_gives_config_error_not_zero_division(key):
     from configs.base import get_base_config
