@@ -28,6 +28,27 @@ class MetricWriter:
 
                 self._tb = SummaryWriter(os.path.join(workdir, "tensorboard"))
 
+    def resume_at(self, step: int) -> int:
+        """Drops lines past the restored `step` (steps about to be re-run) and a torn last line left by a
+        kill; returns how many lines were dropped. The file is rewritten atomically."""
+        if not self.is_primary or not os.path.exists(self.path):
+            return 0
+        with open(self.path) as f:
+            lines = f.read().split("\n")
+        kept = []
+        for line in lines:
+            try:
+                if line and json.loads(line)["step"] <= step:
+                    kept.append(line)
+            except (json.JSONDecodeError, KeyError, TypeError):
+                continue
+        dropped = sum(1 for line in lines if line) - len(kept)
+        tmp = f"{self.path}.tmp{os.getpid()}"
+        with open(tmp, "w") as f:
+            f.write("".join(line + "\n" for line in kept))
+        os.replace(tmp, self.path)
+        return dropped
+
     def write(self, step: int, scalars: dict[str, Any]) -> None:
         if not self.is_primary:
             return

@@ -220,6 +220,7 @@ def _train(config: Any, workdir: str, make_source: SourceFactory, stop: _StopSig
     writer = MetricWriter(workdir, config.metrics.tensorboard, is_primary=pidx == 0)
     try:
         state, step = _restore_or_init(config, ckpt, state, shardings, source)
+        writer.resume_at(step)
         if stop.received:
             print(f"received {stop.describe()} before the first step: stopped at step {step}", flush=True)
             return TrainResult(step, {}, preempted=True)
