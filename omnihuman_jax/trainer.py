@@ -21,6 +21,7 @@ from collections.abc import Callable
 from typing import Any
 
 import jax
+import jax.numpy as jnp
 import numpy as np
 
 from omnihuman_jax import checkpointing as ckpt_lib
@@ -177,7 +178,9 @@ def _restore_or_init(config, ckpt, state, shardings, source) -> tuple[Any, int]:
     if config.checkpoint.init_from:
         loaded, names, kept = ckpt_lib.restore_params_only(config.checkpoint.init_from, state.params)
         params = ckpt_lib.merge_params(state.params, loaded)
-        state = state.replace(params=params, ema_params=params)
+        # The EMA starts at the loaded params in buffers of its own: the train step donates the state,
+        # and one buffer cannot be donated twice.
+        state = state.replace(params=params, ema_params=jax.tree.map(jnp.copy, params))
         print(
             f"initialised {len(names)} params from {config.checkpoint.init_from}; "
             f"{len(kept)} new params keep their init: {kept[:8]}{' ...' if len(kept) > 8 else ''}",

@@ -61,3 +61,27 @@ def test_stage2_initialises_from_stage1_params_and_new_modules_keep_zero_init(tm
             np.testing.assert_array_equal(np.asarray(leaf), np.asarray(flat_base[key]), err_msg=key)
         if key.endswith("['audio_attn']['to_out']['kernel']") or key == "['cond_embedder']['kernel']":
             assert not np.asarray(leaf).any(), key  # zero-init survives
+
+
+def test_state_after_init_from_can_be_donated_to_the_train_step(tmp_path):
+    """init_from gives params and EMA separate buffers: a donating jit (as the train step) accepts it."""
+    import ml_collections
+
+    from omnihuman_jax.trainer import _restore_or_init
+
+    cfg = tiny_config()
+    one = (jax.devices()[:1], dict(data=1, fsdp=1, tensor=1))
+    base, _ = _state(cfg, *one, seed=3)
+    ck = ckpt_lib.Checkpointer(str(tmp_path / "stage1"), async_save=False)
+    ck.save(5, base, {}, {"step": 5})
+    ck.close()
+    fresh, shardings = _state(cfg, *one, seed=4)
+    run_cfg = ml_collections.ConfigDict({"checkpoint": {"init_from": str(tmp_path / "stage1")}})
+    empty = ckpt_lib.Checkpointer(str(tmp_path / "stage2"), async_save=False)
+    state, step = _restore_or_init(run_cfg, empty, fresh, shardings, source=None)
+    empty.close()
+    assert step == 0
+    out = jax.jit(lambda s: jax.tree.map(lambda x: x + 0, s), donate_argnums=0)(state)
+    np.testing.assert_array_equal(
+        np.asarray(jax.tree.leaves(out.ema_params)[0]), np.asarray(jax.tree.leaves(base.params)[0])
+    )
