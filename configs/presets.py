@@ -6,6 +6,20 @@ single-stream blocks, patch (1, 2, 2), 3D RoPE split over (t, h, w), QK RMSNorm 
 
 from __future__ import annotations
 
+# Condition encoders of the large presets: wav2vec2-base's 13 hidden states x 768, a +/-2 frame window,
+# 8 audio tokens per video frame (32 per latent frame, as MultiTalk), heatmaps at 1/2 image resolution.
+_LARGE_CONDITIONS = dict(
+    audio_layers=13,
+    audio_dim=768,
+    audio_hidden=1024,
+    audio_window=2,
+    audio_tokens_per_frame=8,
+    pose_channels=21,
+    pose_heatmap_scale=4,
+    pose_guider_channels=(32, 64),
+    pose_feature_channels=16,
+)
+
 # Each preset sets model fields and the latent/video shape it is meant for.
 PRESETS: dict[str, dict] = {
     # Under 5M parameters: unit tests and the CPU toy world.
@@ -86,15 +100,7 @@ PRESETS: dict[str, dict] = {
             latent_channels=16,
             text_dim=4096,
             rope_axes_dim=(16, 56, 56),
-            audio_layers=13,
-            audio_dim=768,
-            audio_hidden=1024,
-            audio_window=2,
-            audio_tokens_per_frame=8,
-            pose_channels=21,
-            pose_heatmap_scale=4,
-            pose_guider_channels=(32, 64),
-            pose_feature_channels=16,
+            **_LARGE_CONDITIONS,
         ),
         shape=dict(latent_frames=31, latent_height=60, latent_width=104, text_len=256),
     ),
@@ -111,15 +117,7 @@ PRESETS: dict[str, dict] = {
             pooled_text_dim=768,
             guidance_embeds=True,
             rope_axes_dim=(16, 56, 56),
-            audio_layers=13,
-            audio_dim=768,
-            audio_hidden=1024,
-            audio_window=2,
-            audio_tokens_per_frame=8,
-            pose_channels=21,
-            pose_heatmap_scale=4,
-            pose_guider_channels=(32, 64),
-            pose_feature_channels=16,
+            **_LARGE_CONDITIONS,
         ),
         shape=dict(latent_frames=31, latent_height=60, latent_width=104, text_len=256),
     ),
