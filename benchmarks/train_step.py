@@ -193,7 +193,11 @@ def main(argv: list[str] | None = None) -> int:
         f"ours: preset={args.preset} stage={args.stage} batch={args.batch_size} remat={args.remat} "
         f"dtype={args.dtype}: compile {compile_s:.1f} s, step median {ours:.3f} s (best {min(times):.3f} s), "
         f"{tokens / ours:.0f} video tokens/s, model FLOPs {flops / 1e9:.1f} G/step, "
-        f"MFU {flops / ours / peak:.1%} of the measured peak"
+        + (
+            "MFU not shown: --no_audio_pose removes FLOPs that omnihuman_jax.flops counts"
+            if args.no_audio_pose
+            else f"MFU {flops / ours / peak:.1%} of the measured peak"
+        )
     )
     if args.skip_torch:
         return 0
