@@ -23,16 +23,23 @@ from absl import app, flags
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/stage3.py:7b.", lock_config=True)
-flags.DEFINE_string(
-    "topology",
-    "cpu",
-    "'cpu' (the local CPU devices) or a TPU topology name as libtpu knows it, e.g. v5p:2x2x2, v5e:4x4, "
-    "v4:2x2x1. Its chip count must match the mesh in the config (one -1 axis fills it).",
-)
-flags.DEFINE_integer("num_slices", 1, "TPU slices (multislice); the devices of all slices form the mesh.")
-flags.DEFINE_string("json_out", "", "Also write the printed figures as JSON to this file.")
-flags.mark_flags_as_required(["config"])
+
+
+def define_flags() -> None:
+    """Defines this CLI's flags; called only when it runs as a program, so importing it (tests,
+    other tools) never clashes with another CLI's flags of the same name."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, e.g. configs/stage3.py:7b.", lock_config=True
+    )
+    flags.DEFINE_string(
+        "topology",
+        "cpu",
+        "'cpu' (the local CPU devices) or a TPU topology name as libtpu knows it, e.g. v5p:2x2x2, v5e:4x4, "
+        "v4:2x2x1. Its chip count must match the mesh in the config (one -1 axis fills it).",
+    )
+    flags.DEFINE_integer("num_slices", 1, "TPU slices (multislice); the devices of all slices form the mesh.")
+    flags.DEFINE_string("json_out", "", "Also write the printed figures as JSON to this file.")
+    flags.mark_flags_as_required(["config"])
 
 
 def topology_devices(topology: str, num_slices: int = 1) -> list:
@@ -222,4 +229,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))

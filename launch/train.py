@@ -16,9 +16,15 @@ from absl import app, flags, logging
 from ml_collections import config_flags
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_file("config", None, "Config file, e.g. configs/stage1.py:tiny.", lock_config=True)
-flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl and TensorBoard logs.")
-flags.mark_flags_as_required(["config", "workdir"])
+
+
+def define_flags() -> None:
+    """Defines this CLI's flags; only when run as a program, so importing it never clashes with other CLIs."""
+    config_flags.DEFINE_config_file(
+        "config", None, "Config file, e.g. configs/stage1.py:tiny.", lock_config=True
+    )
+    flags.DEFINE_string("workdir", None, "Run folder: checkpoints, metrics.jsonl and TensorBoard logs.")
+    flags.mark_flags_as_required(["config", "workdir"])
 
 
 def make_source(config, process_index: int, process_count: int):
@@ -51,4 +57,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))

@@ -72,12 +72,19 @@ def default_config() -> ml_collections.ConfigDict:
 
 
 FLAGS = flags.FLAGS
-config_flags.DEFINE_config_dict(
-    "config", default_config(), "VAE training settings (override with --config.KEY=VALUE)."
-)
-flags.DEFINE_string("data_dir", None, "TFDS data dir of a frames-only dataset (built without --vae).")
-flags.DEFINE_string("workdir", None, "Run folder: checkpoints/ and vae_metrics.jsonl.")
-flags.DEFINE_string("out", "", "Where the trained VAE is written (diffusers format); default WORKDIR/vae.")
+
+
+def define_flags() -> None:
+    """Defines this CLI's flags; called only when it runs as a program, so importing it (tests,
+    other tools) never clashes with another CLI's flags of the same name."""
+    config_flags.DEFINE_config_dict(
+        "config", default_config(), "VAE training settings (override with --config.KEY=VALUE)."
+    )
+    flags.DEFINE_string("data_dir", None, "TFDS data dir of a frames-only dataset (built without --vae).")
+    flags.DEFINE_string("workdir", None, "Run folder: checkpoints/ and vae_metrics.jsonl.")
+    flags.DEFINE_string(
+        "out", "", "Where the trained VAE is written (diffusers format); default WORKDIR/vae."
+    )
 
 
 class ClipFrames:
@@ -240,4 +247,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
