@@ -68,4 +68,5 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    cli.define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
