@@ -27,23 +27,12 @@ from omnihuman_jax.conditions import INDEX  # noqa: E402
 from omnihuman_jax.interop.export_torch import export_checkpoint, is_addition  # noqa: E402
 from omnihuman_jax.interop.import_hunyuan import import_transformer, save_imported  # noqa: E402
 from omnihuman_jax.interop.torch_dit import OmniHumanDiTTorch  # noqa: E402
+from tests.interop import DIFFUSERS_TINY_HUNYUAN  # noqa: E402
 from tests.model_fixtures import build, inputs_from_batch, random_batch, tiny_config  # noqa: E402
 
 TOL = 1e-4
 T = np.array([0.23, 0.71], np.float32)
-DIFFUSERS_TINY = dict(
-    in_channels=4,
-    out_channels=4,
-    num_attention_heads=2,
-    attention_head_dim=32,
-    num_layers=1,
-    num_single_layers=1,
-    num_refiner_layers=1,
-    text_embed_dim=32,
-    pooled_projection_dim=16,
-    rope_axes_dim=(8, 12, 12),
-    guidance_embeds=True,
-)
+DIFFUSERS_TINY = {**DIFFUSERS_TINY_HUNYUAN, "guidance_embeds": True}
 # our tiny preset already has hidden 64, 2 heads, 1 + 1 + 1 blocks, text_dim 32, rope (8, 12, 12)
 OURS = {"model.pooled_text_dim": 16, "model.guidance_embeds": True, "mesh.data": -1, "mesh.fsdp": 2}
 

@@ -19,20 +19,10 @@ diffusers = pytest.importorskip("diffusers")
 
 from safetensors.numpy import load_file  # noqa: E402
 
+from tests.interop import DIFFUSERS_TINY_HUNYUAN  # noqa: E402
+
 ROOT = Path(__file__).resolve().parents[2]
-TINY = dict(
-    in_channels=4,
-    out_channels=4,
-    num_attention_heads=2,
-    attention_head_dim=32,
-    num_layers=1,
-    num_single_layers=1,
-    num_refiner_layers=1,
-    text_embed_dim=32,
-    pooled_projection_dim=16,
-    rope_axes_dim=(8, 12, 12),
-    guidance_embeds=False,
-)
+TINY = DIFFUSERS_TINY_HUNYUAN
 CONFIG = ["--config=configs/stage1.py:tiny", "--config.model.pooled_text_dim=16"]
 
 
