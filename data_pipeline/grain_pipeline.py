@@ -317,8 +317,6 @@ def _check_pools(config: Any, indexes: list[dict[str, np.ndarray]], dirs: list[s
         raise ValueError(f"model.pose_channels must be {heatmaps.NUM_CHANNELS} to train on keypoint heatmaps")
     if int(config.model.get("pooled_text_dim", 0)) > 0:
         raise ValueError("model.pooled_text_dim > 0 but the record table stores no pooled text embedding")
-    for warning in masking.principle2_warnings(config.condition_ratios):
-        log.warning(warning)
 
 
 def make_train_iterator(config: Any, process_index: int = 0, process_count: int = 1) -> TrainIterator:

@@ -3,7 +3,8 @@
 Each training sample activates each condition independently with the stage's training ratio, but only
 among the conditions its data supports (Principle 1: data filtered out of the audio and pose tasks still
 trains the weaker text and reference tasks). An ineligible condition is never active. Principle 2 (the
-stronger the condition, the lower its ratio) is checked by `principle2_warnings`.
+stronger the condition, the lower its ratio) is checked by
+`omnihuman_jax.config_checks.principle2_warnings` at start-up.
 
 Conditions, in the order of docs/design.md: text, reference, audio, pose, motion.
 """
@@ -15,9 +16,9 @@ from typing import Any
 
 import numpy as np
 
-CONDITIONS: tuple[str, ...] = ("text", "reference", "audio", "pose", "motion")
+from omnihuman_jax.conditions import CONDITIONS
+
 # Motion-related conditions from weak to strong (section 3.3); motion frames are not in this order.
-STRENGTH_ORDER: tuple[str, ...] = ("text", "reference", "audio", "pose")
 # Motion frames are latent frames 0 and 1 (docs/design.md); a clip needs at least one more latent frame
 # left to predict, so motion frames need 3 latent frames (9 video frames).
 MIN_MOTION_LATENT_FRAMES = 3
@@ -93,25 +94,6 @@ def sample_condition_mask(
 ) -> np.ndarray:
     """The condition mask of one sample, deterministic from (seed, sample index)."""
     return draw_condition_mask(ratios, eligible, sample_rng(seed, sample_index, SALT_MASK))
-
-
-def principle2_warnings(ratios: Mapping[str, float]) -> list[str]:
-    """Warnings for each pair where a stronger condition trains more often than a weaker one.
-
-    Principle 2 of section 3.3: with the order text > reference > audio > pose (weak to strong), each
-    condition's ratio should not exceed the ratio of any weaker condition. A ratio of 0 means the stage
-    does not train that condition and is not flagged.
-    """
-    warnings: list[str] = []
-    for i, weak in enumerate(STRENGTH_ORDER):
-        for strong in STRENGTH_ORDER[i + 1 :]:
-            r_weak, r_strong = float(ratios[weak]), float(ratios[strong])
-            if r_strong > 0 and r_strong > r_weak:
-                warnings.append(
-                    f"Principle 2: {strong} ratio {r_strong:g} exceeds the weaker {weak} ratio {r_weak:g}; "
-                    f"the model will lean on {strong} and {weak} will learn poorly (OmniHuman-1, section 3.3)"
-                )
-    return warnings
 
 
 def motion_latent_frames(motion_frames: int) -> int:

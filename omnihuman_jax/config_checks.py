@@ -25,14 +25,21 @@ def _require(ok: bool, key: str, message: str) -> None:
 
 
 def principle2_warnings(ratios: Any) -> list[str]:
-    out = []
-    for weak, strong in zip(MOTION_ORDER, MOTION_ORDER[1:], strict=False):
-        if ratios[strong] > ratios[weak]:
-            out.append(
-                f"condition_ratios.{strong}={ratios[strong]} exceeds condition_ratios.{weak}={ratios[weak]}: "
-                f"Principle 2 of OmniHuman trains a stronger condition at a lower ratio"
-            )
-    return out
+    """Warnings for each pair where a stronger condition trains more often than a weaker one.
+
+    Order text > reference > audio > pose (weak to strong); a ratio of 0 means the stage does not train
+    that condition and is not flagged.
+    """
+    warnings: list[str] = []
+    for i, weak in enumerate(MOTION_ORDER):
+        for strong in MOTION_ORDER[i + 1 :]:
+            r_weak, r_strong = float(ratios[weak]), float(ratios[strong])
+            if r_strong > 0 and r_strong > r_weak:
+                warnings.append(
+                    f"Principle 2: {strong} ratio {r_strong:g} exceeds the weaker {weak} ratio {r_weak:g}; "
+                    f"the model will lean on {strong} and {weak} will learn poorly (OmniHuman-1, section 3.3)"
+                )
+    return warnings
 
 
 def validate_config(config: Any) -> list[str]:
