@@ -44,14 +44,39 @@ class Conv3d(nn.Module):
             nn.with_logical_partitioning(nn.initializers.zeros_init(), ("conv_out",)),
             (self.features,),
         )
-        y = jax.lax.conv_general_dilated(
-            x,
-            kernel.astype(x.dtype),
-            window_strides=self.strides,
-            padding="VALID",
-            dimension_numbers=("NDHWC", "DHWIO", "NDHWC"),
-        )
+        conv = conv3d_as_2d if jax.default_backend() == "cpu" else conv3d_native
+        y = conv(x, kernel.astype(x.dtype), self.strides)
         return y + bias.astype(y.dtype)  # (B, F', H', W', C_out)
+
+
+def conv3d_native(x: jax.Array, kernel: jax.Array, strides: tuple[int, int, int]) -> jax.Array:
+    """One XLA 3D convolution (cuDNN / TPU convolution units handle these directly)."""
+    return jax.lax.conv_general_dilated(
+        x, kernel, window_strides=strides, padding="VALID", dimension_numbers=("NDHWC", "DHWIO", "NDHWC")
+    )  # (B, F', H', W', C_out)
+
+
+def conv3d_as_2d(x: jax.Array, kernel: jax.Array, strides: tuple[int, int, int]) -> jax.Array:
+    """The same convolution as a sum over temporal taps of 2D convolutions on frames folded into the batch.
+
+    Equal to `conv3d_native` up to float summation order; XLA:CPU runs 2D convolutions through its tuned
+    Eigen path but 3D ones through a generic loop, which makes this 3-7x faster on CPU (fwd + bwd).
+    """
+    b, f, _, _, c = x.shape
+    kt, st = kernel.shape[0], strides[0]
+    f_out = (f - kt) // st + 1
+    y = None
+    for t in range(kt):
+        frames = x[:, t : t + (f_out - 1) * st + 1 : st]  # (B, F', H, W, C)
+        out = jax.lax.conv_general_dilated(
+            frames.reshape(b * f_out, *frames.shape[2:]),
+            kernel[t],
+            window_strides=strides[1:],
+            padding="VALID",
+            dimension_numbers=("NHWC", "HWIO", "NHWC"),
+        )  # (B * F', H', W', C_out)
+        y = out if y is None else y + out
+    return y.reshape(b, f_out, *y.shape[1:])  # (B, F', H', W', C_out)
 
 
 class CausalConv3d(nn.Module):

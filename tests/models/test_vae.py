@@ -205,3 +205,16 @@ def test_load_reports_shape_mismatch_and_unmapped_tensors(params, tmp_path):
         warnings.simplefilter("ignore")
         with pytest.raises(ValueError, match="tensor .* has shape"):
             load_vae(folder)
+
+
+@pytest.mark.parametrize("strides", [(1, 1, 1), (1, 2, 2), (2, 1, 1), (2, 2, 2)])
+def test_conv3d_as_2d_equals_native_3d_convolution(strides):
+    from omnihuman_jax.models.vae_blocks import conv3d_as_2d, conv3d_native
+
+    x = jax.random.normal(jax.random.key(0), (2, 7, 10, 12, 3))  # (B, F, H, W, C)
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 3, 5))
+    want = conv3d_native(x, kernel, strides)
+    got = conv3d_as_2d(x, kernel, strides)
+    assert got.shape == want.shape
+    err = float(jnp.max(jnp.abs(got - want)))
+    assert err < 1e-4, f"max error {err}"
