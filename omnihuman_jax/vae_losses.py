@@ -23,13 +23,18 @@ def _gaussian_window(size: int, sigma: float) -> jax.Array:
 
 
 def _blur(x: jax.Array, window: jax.Array) -> jax.Array:
-    """Separable 'valid' Gaussian filter of each channel: (N, H, W, C) -> (N, H - k + 1, W - k + 1, C)."""
-    c, k = x.shape[-1], window.shape[0]
+    """Separable 'valid' Gaussian filter of each channel: (N, H, W, C) -> (N, H - k + 1, W - k + 1, C).
+
+    Channels are folded into the batch for single-channel convolutions: XLA:CPU runs those through its
+    fast path, while grouped (depthwise) convolutions take a slow generic loop.
+    """
+    n, h, w, c = x.shape
+    k = window.shape[0]
     dn = ("NHWC", "HWIO", "NHWC")
-    kh = jnp.tile(window.reshape(k, 1, 1, 1), (1, 1, 1, c))  # (k, 1, 1, C)
-    kw = jnp.tile(window.reshape(1, k, 1, 1), (1, 1, 1, c))  # (1, k, 1, C)
-    x = jax.lax.conv_general_dilated(x, kh, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
-    return jax.lax.conv_general_dilated(x, kw, (1, 1), "VALID", dimension_numbers=dn, feature_group_count=c)
+    x = x.transpose(0, 3, 1, 2).reshape(n * c, h, w, 1)  # (N C, H, W, 1)
+    x = jax.lax.conv_general_dilated(x, window.reshape(k, 1, 1, 1), (1, 1), "VALID", dimension_numbers=dn)
+    x = jax.lax.conv_general_dilated(x, window.reshape(1, k, 1, 1), (1, 1), "VALID", dimension_numbers=dn)
+    return x.reshape(n, c, h - k + 1, w - k + 1).transpose(0, 2, 3, 1)  # (N, H', W', C)
 
 
 def ssim(
