@@ -36,7 +36,11 @@ def default_config() -> ml_collections.ConfigDict:
             stop_at=0,  # > 0: checkpoint and stop at this step without exporting (resume later)
             batch_size=2,
             clip_frames=5,  # video frames per training crop, 1 + 4k
-            crop_size=32,  # square spatial crop (a multiple of 8; 0: whole frames); the VAE is convolutional
+            # The first `image_steps` steps train on single frames (a random frame of each clip): the
+            # causal VAE's first-frame path, i.e. every spatial layer, at a fifth of a video step's cost,
+            # the usual image-then-video curriculum of video VAEs. 0: video clips from the start.
+            image_steps=0,
+            crop_size=0,  # square spatial crop (a multiple of 8; 0: whole frames); the VAE is convolutional
             block_out_channels=(8, 16, 32, 32),
             layers_per_block=1,
             latent_channels=4,
@@ -126,11 +130,11 @@ class ClipFrames:
         start = int(rng.integers(frames.shape[0] - self.clip_frames + 1))
         clip = frames[start : start + self.clip_frames]  # (clip_frames, H, W, 3)
         h, w = clip.shape[1:3]
-        if not self.crop or (self.crop >= h and self.crop >= w):
-            return clip
-        ch, cw = min(self.crop, h), min(self.crop, w)
-        y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
-        return clip[:, y : y + ch, x : x + cw]
+        if self.crop and (self.crop < h or self.crop < w):
+            ch, cw = min(self.crop, h), min(self.crop, w)
+            y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
+            clip = clip[:, y : y + ch, x : x + cw]
+        return clip
 
     def batch(self, step: int) -> np.ndarray:
         n = len(self.source)
@@ -151,6 +155,14 @@ class ClipFrames:
 
     def set_state(self, state: dict[str, Any]) -> None:
         self.step = int(state["step"])
+
+
+def curriculum_frames(clips: np.ndarray, step: int, image_steps: int) -> np.ndarray:
+    """The image-then-video curriculum: (B, F, H, W, 3) clips -> their first frame before `image_steps`.
+
+    Each clip starts at a random frame of its record, so the first frame is a random frame.
+    """
+    return clips[:, :1] if step < image_steps else clips  # (B, 1 or F, H, W, 3)
 
 
 def vae_config_from(config: Any):
@@ -183,7 +195,13 @@ def train_vae(config: Any, data_dir: str, workdir: str, out: str = "") -> dict[s
     optimizer = vts.make_vae_optimizer(config.optimizer, config.total_steps)
     state, shardings = vts.init_vae_train_state(cfg, optimizer, config.seed, mesh, config.logical_axis_rules)
     data = ClipFrames(
-        data_dir, config.data_name, config.split, config.batch_size, config.clip_frames, config.seed
+        data_dir,
+        config.data_name,
+        config.split,
+        config.batch_size,
+        config.clip_frames,
+        config.seed,
+        crop=config.crop_size,
     )
     ckpt = Checkpointer(workdir, max_to_keep=2)
     meta = {"config": json.loads(config.to_json_best_effort()), "vae_config": cfg.to_diffusers()}
@@ -204,7 +222,8 @@ def train_vae(config: Any, data_dir: str, workdir: str, out: str = "") -> dict[s
             t0 = time.perf_counter()
             end = min(config.stop_at or config.total_steps, config.total_steps)
             while step < end:
-                frames = shd.shard_batch({"frames": next(data)}, mesh)["frames"]
+                clips = curriculum_frames(next(data), step, config.image_steps)
+                frames = shd.shard_batch({"frames": clips}, mesh)["frames"]
                 state, metrics = step_fn(state, frames)
                 step += 1
                 if step % config.log_every == 0 or step == config.total_steps:
@@ -227,6 +246,7 @@ def train_vae(config: Any, data_dir: str, workdir: str, out: str = "") -> dict[s
         print(f"stopped at step {step} of {config.total_steps} (config.stop_at); run again to resume")
         return last
     params = jax.device_get(state.params)
+    data.crop = 0  # latent statistics of whole frames
     stats_batches = [data.batch(10**6 + i) for i in range(max(1, config.stats_batches))]
     mean, std = vts.latent_statistics(cfg, params, stats_batches)
     scaled_cfg = vts.with_latent_scaling(cfg, mean, std)

@@ -115,3 +115,18 @@ def test_frames_of_a_latents_dataset_are_refused_with_a_clear_error(tmp_path):
     tfds_builder.write_dataset([synthetic_record(rng, "lat0"), synthetic_record(rng, "lat1")], tmp_path)
     with pytest.raises(ValueError, match="without --vae"):
         train_vae.ClipFrames(str(tmp_path), "omnihuman_clips", "train", 2, 5, 0)
+
+
+def test_crop_size_reaches_the_clip_batches(data_dir):
+    plain = train_vae.ClipFrames(data_dir, "omnihuman_clips", "train", 2, 5, 0)
+    cropped = train_vae.ClipFrames(data_dir, "omnihuman_clips", "train", 2, 5, 0, crop=8)
+    assert plain.batch(0).shape == (2, 5, 16, 16, 3)
+    assert cropped.batch(0).shape == (2, 5, 8, 8, 3)
+
+
+def test_curriculum_trains_on_single_frames_before_image_steps_then_on_clips():
+    clips = np.arange(2 * 5 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 5, 4, 4, 3)
+    early = train_vae.curriculum_frames(clips, step=2, image_steps=3)
+    np.testing.assert_array_equal(early, clips[:, :1])
+    np.testing.assert_array_equal(train_vae.curriculum_frames(clips, step=3, image_steps=3), clips)
+    np.testing.assert_array_equal(train_vae.curriculum_frames(clips, step=0, image_steps=0), clips)
