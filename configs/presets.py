@@ -45,6 +45,31 @@ PRESETS: dict[str, dict] = {
         ),
         shape=dict(latent_frames=3, latent_height=8, latent_width=8, text_len=8),
     ),
+    # The toy world's model (configs/toyworld.py): patch 1, so each 8 x 8 latent pixel of a 64 x 64
+    # clip is its own token (the mouth and hands are a few pixels wide); 2.4M parameters.
+    "toy": dict(
+        model=dict(
+            hidden_size=128,
+            num_heads=4,
+            num_dual_blocks=2,
+            num_single_blocks=2,
+            num_refiner_blocks=1,
+            patch_size=1,
+            latent_channels=4,
+            text_dim=32,
+            rope_axes_dim=(8, 12, 12),
+            audio_layers=2,
+            audio_dim=16,
+            audio_hidden=128,
+            audio_window=1,
+            audio_tokens_per_frame=1,
+            pose_channels=21,
+            pose_heatmap_scale=2,
+            pose_guider_channels=(16, 32),
+            pose_feature_channels=8,
+        ),
+        shape=dict(latent_frames=3, latent_height=8, latent_width=8, text_len=8),
+    ),
     # The CPU benchmark shape, matched to the diffusers HunyuanVideo model in benchmarks/.
     "small": dict(
         model=dict(
