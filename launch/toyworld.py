@@ -11,7 +11,8 @@ Each step runs the project's own CLI in a subprocess, the path a user would take
 5. `launch.train` stage 1, 2, 3 -> WORKDIR/stage{1,2,3}, each `--config.checkpoint.init_from` the previous;
 6. `launch.sample` on held-out clips' reference frame, driving audio (and keypoints for pose driving)
    -> WORKDIR/samples/<mode>/<clip_id>.mp4;
-7. `launch.evaluate` metrics of those videos and of the ground-truth clips -> WORKDIR/metrics.{json,md}.
+7. `launch.evaluate` metrics of those videos and of the ground-truth clips -> WORKDIR/metrics.{json,md},
+   and a strip of frames of the first audio-driven video -> WORKDIR/frames.png.
 A step whose output exists is skipped, so running again resumes; training steps resume from checkpoints.
 """
 
@@ -89,7 +90,8 @@ def step_build(cfg: Any, root: Path, world: Path, name: str, vae: Path | None) -
         "data_pipeline.build", "--manifest", str(world / "manifest.jsonl"), "--out", str(data_dir),
         "--split", "train", "--audio_frontend", "logmel", "--mel_bins", str(d.mel_bins),
         "--mel_groups", str(d.mel_groups), "--clip_frames", str(d.clip_frames),
-        "--pixel_budget", str(d.pixel_budget), "--workers", str(d.workers), "--no_progress",
+        "--clip_stride", str(d.clip_stride), "--pixel_budget", str(d.pixel_budget),
+        "--workers", str(d.workers), "--no_progress",
     ]  # fmt: skip
     if vae is not None:
         args += ["--vae", str(vae)]
@@ -229,6 +231,8 @@ def run_recipe(cfg: Any, root: Path) -> dict[str, dict[str, float]]:
     for mode in SAMPLE_MODES:
         folder = timed(f"sample_{mode}", step_sample, cfg, root, prev, vae, inputs, mode)
         rows[f"{mode}-driven"] = score(world, folder, cfg.world.fps)
+    video = sorted((root / "samples" / SAMPLE_MODES[0]).glob("*.mp4"))[0]
+    first_frames_strip(video, root / "frames.png")
     table = format_table(rows)
     (root / "metrics.md").write_text(table + "\n")
     (root / "metrics.json").write_text(json.dumps({"rows": rows, "timings_s": timings}, indent=2) + "\n")

@@ -87,7 +87,6 @@ def test_failed_step_raises_with_the_log_tail(tmp_path):
     assert "usage" in (tmp_path / "bad.log").read_text()
 
 
-@pytest.mark.slow
 def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path):
     cfg = get_config("smoke")
     rows = tw.run_recipe(cfg, tmp_path)
@@ -96,6 +95,7 @@ def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path):
     for name in ("audio-driven", "pose-driven"):
         assert rows[name]["clips"] == 1 and np.isfinite(rows[name]["motion_px"])
     assert (tmp_path / "vae" / "config.json").is_file() and tw.finished_step(tmp_path / "stage3") == 2
+    assert (tmp_path / "frames.png").is_file() and (tmp_path / "metrics.md").read_text().count("|") > 10
     stamp = (tmp_path / "samples" / "audio").stat().st_mtime_ns
     tw.run_recipe(cfg, tmp_path)  # everything exists: all steps are skipped
     assert (tmp_path / "samples" / "audio").stat().st_mtime_ns == stamp
