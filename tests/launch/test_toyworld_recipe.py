@@ -113,6 +113,14 @@ def test_learning_proof_reports_met_and_missed_targets_with_the_gap(tmp_path):
     assert "2 pose-driven: pose_err_px = 2.000, target <= 3.0: **met**" in text
     assert "psnr = 20.000, target >= 25.0: **missed**, missed by 5" in text
     assert "no-audio ablation, audio-driven: sync not measured" in text
+    ablation = dict(row, sync=0.0)
+    vacuous = "\n".join(
+        lp.check_targets({"1 audio-driven": row, "4 no-audio ablation, audio-driven": ablation})
+    )
+    assert "sync = 0.000, target <= 0.2: **met** (vacuous" in vacuous
+    synced = {"1 audio-driven": dict(row, sync=0.7), "4 no-audio ablation, audio-driven": ablation}
+    assert "**met**\n" in "\n".join(lp.check_targets(synced)) + "\n"
+    assert "vacuous" not in "\n".join(lp.check_targets(synced))
     lp.bar_plot({"a": row, "b": dict(row, sync=float("nan"))}, tmp_path / "p.png")
     from PIL import Image
 
