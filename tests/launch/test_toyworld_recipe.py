@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 
 import numpy as np
 import pytest
@@ -87,7 +88,11 @@ def test_failed_step_raises_with_the_log_tail(tmp_path):
     assert "usage" in (tmp_path / "bad.log").read_text()
 
 
-def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path):
+def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path, monkeypatch):
+    # The main job's subprocesses see the machine's devices: one on a plain CPU, not the 8 simulated
+    # devices of the test session (the recipe's batches of 2 would not split over 8).
+    flags = os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=1")
+    monkeypatch.setenv("XLA_FLAGS", flags)
     cfg = get_config("smoke")
     rows = tw.run_recipe(cfg, tmp_path)
     assert set(rows) == {"ground truth", "audio-driven", "pose-driven"}
