@@ -21,54 +21,48 @@ _LARGE_CONDITIONS = dict(
 )
 
 # Each preset sets model fields and the latent/video shape it is meant for.
-PRESETS: dict[str, dict] = {
-    # Under 5M parameters: unit tests and the CPU toy world.
-    "tiny": dict(
-        model=dict(
-            hidden_size=64,
-            num_heads=2,
-            num_dual_blocks=1,
-            num_single_blocks=1,
-            num_refiner_blocks=1,
-            latent_channels=4,
-            text_dim=32,
-            rope_axes_dim=(8, 12, 12),
-            audio_layers=2,
-            audio_dim=16,
-            audio_hidden=64,
-            audio_window=1,
-            audio_tokens_per_frame=1,
-            pose_channels=21,
-            pose_heatmap_scale=2,
-            pose_guider_channels=(8, 16),
-            pose_feature_channels=4,
-        ),
-        shape=dict(latent_frames=3, latent_height=8, latent_width=8, text_len=8),
+# Under 5M parameters: unit tests (and the base of the toy world's model).
+_TINY = dict(
+    model=dict(
+        hidden_size=64,
+        num_heads=2,
+        num_dual_blocks=1,
+        num_single_blocks=1,
+        num_refiner_blocks=1,
+        latent_channels=4,
+        text_dim=32,
+        rope_axes_dim=(8, 12, 12),
+        audio_layers=2,
+        audio_dim=16,
+        audio_hidden=64,
+        audio_window=1,
+        audio_tokens_per_frame=1,
+        pose_channels=21,
+        pose_heatmap_scale=2,
+        pose_guider_channels=(8, 16),
+        pose_feature_channels=4,
     ),
-    # The toy world's model (configs/toyworld.py): patch 1, so each 8 x 8 latent pixel of a 64 x 64
-    # clip is its own token (the mouth and hands are a few pixels wide); 2.4M parameters.
+    shape=dict(latent_frames=3, latent_height=8, latent_width=8, text_len=8),
+)
+
+PRESETS: dict[str, dict] = {
+    "tiny": _TINY,
+    # The toy world's model (configs/toyworld.py): tiny, wider and deeper, with patch 1, so each 8 x 8
+    # latent pixel of a 64 x 64 clip is its own token (the mouth and hands are a few pixels wide); 2.4M
+    # parameters.
     "toy": dict(
         model=dict(
+            _TINY["model"],
             hidden_size=128,
             num_heads=4,
             num_dual_blocks=2,
             num_single_blocks=2,
-            num_refiner_blocks=1,
             patch_size=1,
-            latent_channels=4,
-            text_dim=32,
-            rope_axes_dim=(8, 12, 12),
-            audio_layers=2,
-            audio_dim=16,
             audio_hidden=128,
-            audio_window=1,
-            audio_tokens_per_frame=1,
-            pose_channels=21,
-            pose_heatmap_scale=2,
             pose_guider_channels=(16, 32),
             pose_feature_channels=8,
         ),
-        shape=dict(latent_frames=3, latent_height=8, latent_width=8, text_len=8),
+        shape=dict(_TINY["shape"]),
     ),
     # The CPU benchmark shape, matched to the diffusers HunyuanVideo model in benchmarks/.
     "small": dict(
