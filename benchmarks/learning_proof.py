@@ -73,22 +73,19 @@ def score_vae_reconstruction(world: Path, vae: Path, inputs: list[dict], fps: fl
 
     No generated video can score better than its VAE lets it: this row bounds every sampled row.
     """
-    import jax.numpy as jnp
-    import numpy as np
-
     from data_pipeline.toyworld import render
     from launch.evaluate import load_truth, score_frames, summarize
     from omnihuman_jax.interop.diffusers_vae import load_vae
     from omnihuman_jax.models.vae import decode_latents, encode_video
+    from omnihuman_jax.vae_train_step import frames_from_unit_range, frames_to_unit_range
 
     cfg, params = load_vae(vae)
     per_clip = {}
     for item in inputs:
         frames = render.read_mp4(world / "clips" / f"{item['clip_id']}.mp4")  # (F, H, W, 3)
         frames = frames[: 1 + 4 * ((frames.shape[0] - 1) // 4)]  # 1 + 4k frames
-        x = jnp.asarray(frames, jnp.float32)[None] / 127.5 - 1.0  # (1, F, H, W, 3)
-        y = np.asarray(decode_latents(cfg, params, encode_video(cfg, params, x)))[0]
-        recon = np.clip((y + 1.0) * 127.5, 0, 255).round().astype(np.uint8)
+        x = frames_to_unit_range(frames[None])  # (1, F, H, W, 3) in [-1, 1]
+        recon = frames_from_unit_range(decode_latents(cfg, params, encode_video(cfg, params, x))[0])
         per_clip[str(item["clip_id"])] = score_frames(recon, load_truth(world, str(item["clip_id"])), fps)
     return summarize(per_clip)
 

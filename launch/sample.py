@@ -385,12 +385,13 @@ def run(job: Job) -> None:
     from omnihuman_jax.models.dit import OmniHumanDiT
     from omnihuman_jax.models.vae import decode_latents, encode_video
     from omnihuman_jax.sharding import make_mesh, replicated
+    from omnihuman_jax.vae_train_step import frames_from_unit_range, frames_to_unit_range
 
     args, dit, plan = job.args, job.dit, job.plan
     vae_cfg, vae_params = job.vae_cfg, job.vae_params
     encode = jax.jit(lambda x: encode_video(vae_cfg, vae_params, x))
     decode = jax.jit(lambda z: decode_latents(vae_cfg, vae_params, z))
-    to_unit = lambda frames: jnp.asarray(frames, jnp.float32)[None] / 127.5 - 1.0  # noqa: E731
+    to_unit = lambda frames: frames_to_unit_range(jnp.asarray(frames)[None])  # noqa: E731
 
     ref_latents = np.asarray(encode(to_unit(job.image[None])))  # (1, 1, h, w, C)
     audio = job.frontend(job.waveform, covered_frames(plan), args.fps)  # (N, L, D)
@@ -441,8 +442,7 @@ def run(job: Job) -> None:
     )
 
     def decode_frames(latents) -> np.ndarray:
-        frames = np.asarray(decode(latents))[0]  # (F, H, W, 3) in [-1, 1]
-        return np.clip(np.round((frames + 1.0) * 127.5), 0, 255).astype(np.uint8)
+        return frames_from_unit_range(decode(latents)[0])  # (F, H, W, 3) uint8
 
     def encode_motion(frames: np.ndarray, seg) -> jax.Array:
         bar.set_description(f"segment {seg.index + 2}/{len(plan)}")

@@ -37,8 +37,8 @@ def default_config() -> ml_collections.ConfigDict:
             batch_size=2,
             clip_frames=5,  # video frames per training crop, 1 + 4k
             # The first `image_steps` steps train on single frames (a random frame of each clip): the
-            # causal VAE's first-frame path, i.e. every spatial layer, at a fifth of a video step's cost,
-            # the usual image-then-video curriculum of video VAEs. 0: video clips from the start.
+            # causal VAE's first-frame path, i.e. every spatial layer, at about a quarter of a 5-frame
+            # step's cost; the usual image-then-video curriculum of video VAEs. 0: clips from the start.
             image_steps=0,
             crop_size=0,  # square spatial crop (a multiple of 8; 0: whole frames); the VAE is convolutional
             block_out_channels=(8, 16, 32, 32),

@@ -131,6 +131,11 @@ def frames_to_unit_range(frames: jax.Array) -> jax.Array:
     return frames.astype(jnp.float32) / 127.5 - 1.0
 
 
+def frames_from_unit_range(frames: Any) -> np.ndarray:
+    """Decoded frames, roughly in [-1, 1] -> uint8 RGB (rounded and clipped), on the host."""
+    return np.clip(np.round((np.asarray(frames) + 1.0) * 127.5), 0, 255).astype(np.uint8)
+
+
 def make_vae_train_step(
     cfg: VAEConfig,
     optimizer: optax.GradientTransformation,

@@ -101,6 +101,11 @@ def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path, monkeypat
         assert rows[name]["clips"] == 1 and np.isfinite(rows[name]["motion_px"])
     assert (tmp_path / "vae" / "config.json").is_file() and tw.finished_step(tmp_path / "stage3") == 2
     assert (tmp_path / "frames.png").is_file() and (tmp_path / "metrics.md").read_text().count("|") > 10
+    from benchmarks import learning_proof as lp
+
+    inputs = tw.eval_inputs(tmp_path / "world", tmp_path, 1)
+    bound = lp.score_vae_reconstruction(tmp_path / "world", tmp_path / "vae", inputs, cfg.world.fps)
+    assert bound["clips"] == 1 and np.isfinite(bound["psnr"]) and np.isfinite(bound["motion_px"])
     stamp = (tmp_path / "samples" / "audio").stat().st_mtime_ns
     tw.run_recipe(cfg, tmp_path)  # everything exists: all steps are skipped
     assert (tmp_path / "samples" / "audio").stat().st_mtime_ns == stamp

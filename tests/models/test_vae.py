@@ -218,3 +218,16 @@ def test_conv3d_as_2d_equals_native_3d_convolution(strides):
     assert got.shape == want.shape
     err = float(jnp.max(jnp.abs(got - want)))
     assert err < 1e-4, f"max error {err}"
+
+
+def test_ssim_blur_filters_each_channel_separably_like_numpy():
+    from omnihuman_jax.vae_losses import _blur, _gaussian_window
+
+    x = np.random.default_rng(0).standard_normal((2, 14, 13, 3)).astype(np.float32)  # (N, H, W, C)
+    window = np.asarray(_gaussian_window(5, 1.5))
+    rows = np.apply_along_axis(lambda v: np.convolve(v, window[::-1], "valid"), 1, x)
+    want = np.apply_along_axis(lambda v: np.convolve(v, window[::-1], "valid"), 2, rows)
+    got = np.asarray(_blur(jnp.asarray(x), jnp.asarray(window)))
+    assert got.shape == want.shape == (2, 10, 9, 3)
+    err = float(np.max(np.abs(got - want)))
+    assert err < 1e-5, f"max error {err}"
