@@ -3,7 +3,8 @@
 OmniHuman-1 section 3.4 guides text and audio, which takes three predictions per step (no text/audio,
 text only, both). `omnihuman_jax.guidance` runs them as ONE forward over a 3x batch; the baseline runs three
 forwards of batch 1 and combines them. Both are timed in the same run, on random params of a preset (no VAE:
-latents only), over `--steps` Euler steps, `--repeats` times (best repeat reported, compile excluded).
+latents only), over `--steps` Euler steps, `--repeats` rounds in which the two take turns (best reported,
+compile excluded).
 
   python -m benchmarks.sample --preset small --steps 2 --repeats 1
 """
@@ -56,14 +57,19 @@ def setup(args: argparse.Namespace):
     return config, model, params, inputs
 
 
-def time_sampler(velocity_fn, noise, timesteps, repeats: int) -> float:
-    """Best seconds per step over `repeats` runs, after one warm-up (compile) evaluation."""
-    jax.block_until_ready(velocity_fn(noise, jnp.float32(1.0), 0))
-    best = float("inf")
+def time_samplers(velocity_fns: dict, noise, timesteps, repeats: int) -> dict[str, float]:
+    """Best seconds per step of each sampler over `repeats` rounds, after one warm-up (compile) call each.
+
+    The samplers take turns within every round, so a change in the machine's load hits all of them alike.
+    """
+    for fn in velocity_fns.values():
+        jax.block_until_ready(fn(noise, jnp.float32(1.0), 0))
+    best = dict.fromkeys(velocity_fns, float("inf"))
     for _ in range(repeats):
-        start = time.perf_counter()
-        jax.block_until_ready(sample_flow(velocity_fn, noise, timesteps))
-        best = min(best, (time.perf_counter() - start) / (len(timesteps) - 1))
+        for name, fn in velocity_fns.items():
+            start = time.perf_counter()
+            jax.block_until_ready(sample_flow(fn, noise, timesteps))
+            best[name] = min(best[name], (time.perf_counter() - start) / (len(timesteps) - 1))
     return best
 
 
@@ -85,8 +91,8 @@ def main() -> None:
     noise = jax.random.normal(jax.random.key(args.seed), inputs["noisy_latents"].shape)
     timesteps = timestep_grid(args.steps, 1.0)
     same = float(jnp.max(jnp.abs(batched(noise, 0.5, 0) - separate(noise, 0.5, 0))))
-    t_batched = time_sampler(batched, noise, timesteps, args.repeats)
-    t_separate = time_sampler(separate, noise, timesteps, args.repeats)
+    best = time_samplers(dict(batched=batched, separate=separate), noise, timesteps, args.repeats)
+    t_batched, t_separate = best["batched"], best["separate"]
     s = config.shape
     print(
         f"preset={args.preset} latents=({s.latent_frames}, {s.latent_height}, {s.latent_width}) "

@@ -30,7 +30,7 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--remat", default="none", help="model.remat policy for our step")
     p.add_argument("--dtype", default="float32", help="our compute dtype (float32 or bfloat16)")
-    p.add_argument("--attention", default="xla", help="our attention backend")
+    p.add_argument("--attention", default="auto", help="our attention backend (auto: blocked on CPU)")
     p.add_argument("--platform", default="cpu", help="cpu (threads pinned) or gpu / tpu (one device)")
     p.add_argument("--latent_frames", type=int, default=0, help="override shape.latent_frames (0: preset)")
     p.add_argument("--xla_flags", default=DEFAULT_XLA_FLAGS, help="extra XLA_FLAGS set before jax imports")

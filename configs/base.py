@@ -48,7 +48,7 @@ def model_config() -> ml_collections.ConfigDict:
             pose_window=1,  # +/- adjacent latent frames concatenated
             dtype="float32",  # compute dtype; bf16 on accelerators
             param_dtype="float32",
-            attention="auto",  # auto | xla | cudnn | splash
+            attention="auto",  # auto | xla | blocked | cudnn | splash
             remat="none",  # none | full | save_dots | save_qkv_proj | offload
             scan_layers=False,
         )

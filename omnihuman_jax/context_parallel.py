@@ -66,10 +66,11 @@ def context_parallel_attention(
     b, sq = q.shape[:2]
     if key_mask is None:
         key_mask = jnp.ones((b, k.shape[1]), bool)
-    qp = _pad(q, n)
-    kp, vp = _pad(k, n), _pad(v, n)
-    mp = _pad(key_mask, n, value=False)
     qkv_spec, mask_spec = attention_specs()
+    rows = _axes_size(qkv_spec[0])  # batch rows must split evenly over the batch's mesh axes
+    qp = _pad(_pad(q, n), rows, axis=0)
+    kp, vp = (_pad(_pad(x, n), rows, axis=0) for x in (k, v))
+    mp = _pad(_pad(key_mask, n, value=False), rows, axis=0, value=False)
 
     def local(q_blk, k_blk, v_blk, m_blk):
         # (B/dp, S/n, H/tp, D) queries; keys, values and mask gathered over the whole sequence.
@@ -86,13 +87,26 @@ def context_parallel_attention(
         out_specs=qkv_spec,
         check_vma=False,
     )(qp, kp, vp, mp)
-    return out[:, :sq]
+    return out[:b, :sq]
 
 
-def _pad(x: jax.Array, multiple: int, value=0) -> jax.Array:
-    pad = -x.shape[1] % multiple
+def _axes_size(axes: str | tuple[str, ...] | None) -> int:
+    """Devices along the mesh axes of one PartitionSpec entry (1 when unsharded)."""
+    if axes is None:
+        return 1
+    shape = jax.sharding.get_abstract_mesh().shape
+    axes = (axes,) if isinstance(axes, str) else axes
+    size = 1
+    for a in axes:
+        size *= int(shape[a])
+    return size
+
+
+def _pad(x: jax.Array, multiple: int, axis: int = 1, value=0) -> jax.Array:
+    """Pads `axis` (default: the sequence) up to a multiple of `multiple`."""
+    pad = -x.shape[axis] % multiple
     if not pad:
         return x
     widths = [(0, 0)] * x.ndim
-    widths[1] = (0, pad)
+    widths[axis] = (0, pad)
     return jnp.pad(x, widths, constant_values=value)

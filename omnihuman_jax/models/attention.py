@@ -4,13 +4,16 @@ The joint attention is the MMDiT design (SD3, HunyuanVideo): video, reference an
 one softmax, with a key mask (B, S) that removes padded text and dropped reference tokens. Backends are
 chosen by `config.model.attention`:
 - `xla`: the reference einsum-softmax-einsum, every platform;
+- `blocked`: the same function one batch row and query tile at a time with a recomputing backward
+  (`omnihuman_jax.models.blocked_attention`), so the logits stay in cache: the fast path on XLA:CPU;
 - `cudnn`: `jax.nn.dot_product_attention(implementation="cudnn")`, flash attention on NVIDIA GPUs;
 - `splash`: Pallas splash attention on TPU (`jax.experimental.pallas.ops.tpu.splash_attention`), the key
   mask expressed as segment ids (query segment 0, key segment 0 when valid, 1 when masked);
-- `auto`: splash on TPU, cuDNN on GPU for 16-bit inputs, xla otherwise.
+- `auto`: splash on TPU, cuDNN on GPU for 16-bit inputs, blocked on CPU, xla otherwise.
 Kernels with tile constraints get the sequence padded to a multiple of their block; padded keys are
 masked and padded query rows are dropped. With a `context` mesh axis larger than one, the call runs under
-`omnihuman_jax.context_parallel` (sequence-sharded queries, all-gathered keys and values).
+`omnihuman_jax.context_parallel` (sequence-sharded queries, all-gathered keys and values); splash and
+blocked run there on any mesh, so their loops see only a device's own batch rows and heads.
 """
 
 from __future__ import annotations
@@ -22,9 +25,10 @@ import jax
 import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
+from omnihuman_jax.models.blocked_attention import blocked_attention
 from omnihuman_jax.models.layers import RMSNorm, dense, layer_norm
 
-ATTENTION_BACKENDS = ("auto", "xla", "cudnn", "splash")
+ATTENTION_BACKENDS = ("auto", "xla", "blocked", "cudnn", "splash")
 SPLASH_BLOCK = 128  # splash attention's default q / kv tile
 QKV_CHECKPOINT_NAMES = ("query_proj", "key_proj", "value_proj")  # saved by remat="save_qkv_proj"
 
@@ -32,7 +36,7 @@ QKV_CHECKPOINT_NAMES = ("query_proj", "key_proj", "value_proj")  # saved by rema
 def backend_unavailable_reason(name: str) -> str | None:
     """None when `name` can run on the default platform, else why not (tests skip with this reason)."""
     platform = jax.default_backend()
-    if name in ("auto", "xla"):
+    if name in ("auto", "xla", "blocked"):
         return None
     if name == "cudnn":
         return None if platform == "gpu" else f"cuDNN attention needs a GPU; the platform is {platform}"
@@ -55,6 +59,8 @@ def resolve_backend(name: str, dtype: jnp.dtype) -> str:
     platform = jax.default_backend()
     if platform == "tpu":
         return "splash"
+    if platform == "cpu":
+        return "blocked"
     on_gpu_16bit = platform == "gpu" and jnp.dtype(dtype) in (jnp.bfloat16, jnp.float16)
     return "cudnn" if on_gpu_16bit else "xla"
 
@@ -65,7 +71,8 @@ def dot_product_attention(
     """Softmax attention. q (B, Sq, H, D), k/v (B, Sk, H, D), key_mask (B, Sk) bool -> (B, Sq, H, D).
 
     Runs under shard_map (omnihuman_jax.context_parallel) when the current mesh has a `context` axis of
-    size > 1, and always for splash on a mesh: Mosaic kernels cannot be partitioned automatically.
+    size > 1, and always for splash and blocked on a mesh: Mosaic kernels cannot be partitioned
+    automatically, and the blocked kernel's loop over batch rows must not run over a sharded axis.
     """
     from omnihuman_jax.context_parallel import (
         context_axis_size,
@@ -73,7 +80,7 @@ def dot_product_attention(
         mesh_is_set,
     )
 
-    if context_axis_size() > 1 or (backend == "splash" and mesh_is_set()):
+    if context_axis_size() > 1 or (backend in ("splash", "blocked") and mesh_is_set()):
         return context_parallel_attention(
             q, k, v, key_mask, functools.partial(local_attention, backend=backend)
         )
@@ -86,6 +93,8 @@ def local_attention(
     """The attention kernel on whole (unsharded-in-length) arrays, by backend name."""
     if backend == "xla":
         return xla_attention(q, k, v, key_mask)
+    if backend == "blocked":
+        return blocked_attention(q, k, v, key_mask)
     if backend == "cudnn":
         return cudnn_attention(q, k, v, key_mask)
     if backend == "splash":
@@ -226,5 +235,7 @@ class AudioCrossAttention(nn.Module):
         v = split_heads(dense(d, ("embed", "heads"), name="to_v", **kw)(ctx), self.num_heads)
         q = RMSNorm(name="norm_q", param_dtype=self.param_dtype)(q)
         k = RMSNorm(name="norm_k", param_dtype=self.param_dtype)(k)
-        out = dot_product_attention(q, k, v, None, self.backend).reshape(b, n, d)
+        # The (B*T, H, HW, Na) logits are small: the reference path serves every backend but Pallas'.
+        backend = "xla" if self.backend == "blocked" else self.backend
+        out = dot_product_attention(q, k, v, None, backend).reshape(b, n, d)
         return dense(d, ("heads", "embed"), name="to_out", zero_init=True, **kw)(out)

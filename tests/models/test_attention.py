@@ -93,10 +93,11 @@ def test_padded_sequence_with_masked_keys_equals_unpadded():
     _assert_close(got, want, 1e-6, "padded vs unpadded")
 
 
-def test_auto_backend_is_xla_on_cpu_and_unknown_names_fail():
+def test_auto_backend_is_blocked_on_cpu_and_unknown_names_fail():
     if jax.default_backend() != "cpu":
         pytest.skip("checks the CPU choice")
-    assert attn.resolve_backend("auto", jnp.bfloat16) == "xla"
+    assert attn.resolve_backend("auto", jnp.bfloat16) == "blocked"
+    assert attn.resolve_backend("xla", jnp.float32) == "xla"
     assert attn.backend_unavailable_reason("cudnn") is not None
     with pytest.raises(ValueError, match="model.attention='flash'"):
         attn.resolve_backend("flash", jnp.float32)
