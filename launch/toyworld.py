@@ -4,8 +4,9 @@
 
 Each step runs the project's own CLI in a subprocess, the path a user would take (OmniHuman-1 sections
 3.3-3.4 at toy scale; the recipe is configs/toyworld.py):
-1. `data_pipeline.toyworld.generate` -> WORKDIR/world (the last identities are held out, split `eval`);
-2. `data_pipeline.build` of the train split, frames only -> WORKDIR/data_frames;
+1. `data_pipeline.toyworld.generate` -> WORKDIR/world (the last identities are held out, split `eval`),
+   and the VAE's own world of many other identities -> WORKDIR/vae_world;
+2. `data_pipeline.build` of the VAE world, frames only -> WORKDIR/vae_frames;
 3. `launch.train_vae` -> WORKDIR/vae (diffusers format);
 4. `data_pipeline.build` again with `--vae WORKDIR/vae` -> WORKDIR/data (latents);
 5. `launch.train` stage 1, 2, 3 -> WORKDIR/stage{1,2,3}, each `--config.checkpoint.init_from` the previous;
@@ -64,16 +65,17 @@ def overrides(pairs: Any) -> list[str]:
     return out
 
 
-def step_world(cfg: Any, root: Path) -> Path:
-    world = root / "world"
+def step_world(cfg: Any, root: Path, name: str = "world") -> Path:
+    """Generates the world `cfg.<name>` (the main `world` or the VAE's `vae_world`) -> WORKDIR/<name>."""
+    world = root / name
     if (world / "manifest.jsonl").is_file():
         return world
-    w = cfg.world
+    w = cfg[name]
     args = ["data_pipeline.toyworld.generate", "--out", str(world), "--overwrite"]
     for key in ("num_identities", "clips_per_identity", "seed", "height", "width", "fps", "seconds",
                 "eval_identities", "audio_clean_rate", "pose_clean_rate", "camera_motion_rate"):  # fmt: skip
         args += [f"--{key}", str(w[key])]
-    run_cli(args, root / "logs" / "world.log")
+    run_cli(args, root / "logs" / f"{name}.log")
     return world
 
 
@@ -220,7 +222,8 @@ def run_recipe(cfg: Any, root: Path) -> dict[str, dict[str, float]]:
         return out
 
     world = timed("world", step_world, cfg, root)
-    frames = timed("data_frames", step_build, cfg, root, world, "data_frames", None)
+    vae_world = timed("vae_world", step_world, cfg, root, "vae_world")
+    frames = timed("vae_frames", step_build, cfg, root, vae_world, "vae_frames", None)
     vae = timed("vae", step_vae, cfg, root, frames)
     data = timed("data", step_build, cfg, root, world, "data", vae)
     prev = None

@@ -40,6 +40,16 @@ def test_stage_ratios_follow_principles_1_and_2():
     assert sweep == [0.2, 0.5, 0.8]
 
 
+@pytest.mark.parametrize("recipe", ["smoke", "quick", "proof"])
+def test_vae_world_uses_another_seed_and_holds_nothing_out(recipe):
+    cfg = get_config(recipe)
+    assert cfg.vae_world.seed != cfg.world.seed and cfg.vae_world.eval_identities == 0
+    assert cfg.vae_world.clips_per_identity == 1
+    assert (cfg.vae_world.height, cfg.vae_world.width, cfg.vae_world.fps) == (
+        cfg.world.height, cfg.world.width, cfg.world.fps,
+    )  # fmt: skip
+
+
 def test_unknown_recipe_names_the_choices():
     with pytest.raises(ValueError, match="proof"):
         get_config("huge")
@@ -88,6 +98,10 @@ def test_failed_step_raises_with_the_log_tail(tmp_path):
     assert "usage" in (tmp_path / "bad.log").read_text()
 
 
+def _held_out_clip_id(root) -> str:
+    return str(tw.eval_inputs(root / "world", root, 1)[0]["clip_id"])
+
+
 def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path, monkeypatch):
     # The main job's subprocesses see the machine's devices: one on a plain CPU, not the 8 simulated
     # devices of the test session (the recipe's batches of 2 would not split over 8).
@@ -101,6 +115,15 @@ def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path, monkeypat
         assert rows[name]["clips"] == 1 and np.isfinite(rows[name]["motion_px"])
     assert (tmp_path / "vae" / "config.json").is_file() and tw.finished_step(tmp_path / "stage3") == 2
     assert (tmp_path / "frames.png").is_file() and (tmp_path / "metrics.md").read_text().count("|") > 10
+    # The VAE trained on its own world, none of whose identities is a held-out one.
+    vae_clips = [json.loads(x) for x in (tmp_path / "vae_world" / "manifest.jsonl").read_text().splitlines()]
+    assert len(vae_clips) == cfg.vae_world.num_identities and {c["split"] for c in vae_clips} == {"train"}
+    held_out = np.load(tmp_path / "world" / "clips" / f"{_held_out_clip_id(tmp_path)}.truth.npz")[
+        "reference_frame"
+    ]
+    for c in vae_clips:
+        ref = np.load(tmp_path / "vae_world" / "clips" / f"{c['clip_id']}.truth.npz")["reference_frame"]
+        assert not np.array_equal(ref, held_out)
     from benchmarks import learning_proof as lp
 
     inputs = tw.eval_inputs(tmp_path / "world", tmp_path, 1)
