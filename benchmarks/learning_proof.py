@@ -136,7 +136,9 @@ def recipe_lines(cfg: Any, root: Path) -> list[str]:
     train = dict(cfg.train)
     lines = [
         f"- VAE: {cfg.vae.total_steps} steps ({cfg.vae.get('image_steps', 0)} on single frames first), "
-        f"batch {cfg.vae.batch_size}, {cfg.vae.latent_channels} latent channels.",
+        f"batch {cfg.vae.batch_size}, {cfg.vae.latent_channels} latent channels, on its own world of "
+        f"{cfg.vae_world.num_identities} identities x one {cfg.vae_world.seconds} s clip (seed "
+        f"{cfg.vae_world.seed}; none of them held out or evaluated).",
         f"- DiT: preset `{cfg.preset}`, batch {train['batch_size']}, lr {train['optimizer.lr']}; steps "
         + ", ".join(f"{k} {v}" for k, v in steps.items())
         + "; ablations: "

@@ -41,10 +41,14 @@ def test_stage_ratios_follow_principles_1_and_2():
 
 
 @pytest.mark.parametrize("recipe", ["smoke", "quick", "proof"])
-def test_vae_world_uses_another_seed_and_holds_nothing_out(recipe):
+def test_vae_world_uses_another_seed_and_holds_nothing_out(recipe, tmp_path):
     cfg = get_config(recipe)
     assert cfg.vae_world.seed != cfg.world.seed and cfg.vae_world.eval_identities == 0
     assert cfg.vae_world.clips_per_identity == 1
+    assert cfg.vae_world.seconds * cfg.vae_world.fps >= cfg.data.clip_frames  # each clip gives a window
+    from benchmarks import learning_proof as lp
+
+    assert f"own world of {cfg.vae_world.num_identities} identities" in lp.recipe_lines(cfg, tmp_path)[0]
     assert (cfg.vae_world.height, cfg.vae_world.width, cfg.vae_world.fps) == (
         cfg.world.height, cfg.world.width, cfg.world.fps,
     )  # fmt: skip
