@@ -11,12 +11,15 @@ rows dropped, so results equal the unsharded run.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
 from jax.sharding import PartitionSpec as P
+
+from omnihuman_jax.models.layers import pad_length
 
 CONTEXT_AXIS = "context"
 Kernel = Callable[[jax.Array, jax.Array, jax.Array, jax.Array | None], jax.Array]
@@ -68,9 +71,9 @@ def context_parallel_attention(
         key_mask = jnp.ones((b, k.shape[1]), bool)
     qkv_spec, mask_spec = attention_specs()
     rows = _axes_size(qkv_spec[0])  # batch rows must split evenly over the batch's mesh axes
-    qp = _pad(_pad(q, n), rows, axis=0)
-    kp, vp = (_pad(_pad(x, n), rows, axis=0) for x in (k, v))
-    mp = _pad(_pad(key_mask, n, value=False), rows, axis=0, value=False)
+    qp = pad_length(pad_length(q, n), rows, axis=0)
+    kp, vp = (pad_length(pad_length(x, n), rows, axis=0) for x in (k, v))
+    mp = pad_length(pad_length(key_mask, n, value=False), rows, axis=0, value=False)
 
     def local(q_blk, k_blk, v_blk, m_blk):
         # (B/dp, S/n, H/tp, D) queries; keys, values and mask gathered over the whole sequence.
@@ -95,18 +98,4 @@ def _axes_size(axes: str | tuple[str, ...] | None) -> int:
     if axes is None:
         return 1
     shape = jax.sharding.get_abstract_mesh().shape
-    axes = (axes,) if isinstance(axes, str) else axes
-    size = 1
-    for a in axes:
-        size *= int(shape[a])
-    return size
-
-
-def _pad(x: jax.Array, multiple: int, axis: int = 1, value=0) -> jax.Array:
-    """Pads `axis` (default: the sequence) up to a multiple of `multiple`."""
-    pad = -x.shape[axis] % multiple
-    if not pad:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, pad)
-    return jnp.pad(x, widths, constant_values=value)
+    return math.prod(int(shape[a]) for a in ((axes,) if isinstance(axes, str) else axes))

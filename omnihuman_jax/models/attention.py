@@ -26,7 +26,7 @@ import jax.numpy as jnp
 from jax.ad_checkpoint import checkpoint_name
 
 from omnihuman_jax.models.blocked_attention import blocked_attention
-from omnihuman_jax.models.layers import RMSNorm, dense, layer_norm
+from omnihuman_jax.models.layers import RMSNorm, dense, layer_norm, pad_length
 
 ATTENTION_BACKENDS = ("auto", "xla", "blocked", "cudnn", "splash")
 SPLASH_BLOCK = 128  # splash attention's default q / kv tile
@@ -117,16 +117,6 @@ def xla_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array 
 def cudnn_attention(q: jax.Array, k: jax.Array, v: jax.Array, key_mask: jax.Array | None) -> jax.Array:
     mask = None if key_mask is None else key_mask[:, None, None, :]  # (B, 1, 1, Sk)
     return jax.nn.dot_product_attention(q, k, v, mask=mask, implementation="cudnn")
-
-
-def pad_length(x: jax.Array, multiple: int, axis: int = 1, value=0) -> jax.Array:
-    """Pads `axis` up to a multiple of `multiple`."""
-    pad = -x.shape[axis] % multiple
-    if not pad:
-        return x
-    widths = [(0, 0)] * x.ndim
-    widths[axis] = (0, pad)
-    return jnp.pad(x, widths, constant_values=value)
 
 
 def splash_attention(

@@ -25,6 +25,8 @@ import functools
 import jax
 import jax.numpy as jnp
 
+from omnihuman_jax.models.layers import pad_length
+
 DEFAULT_BLOCK_Q = 128  # queries per tile: fastest on the 2-core CPU (benchmarks/attention_cpu.py)
 _NEG = float(jnp.finfo(jnp.float32).min)
 
@@ -54,10 +56,9 @@ def blocked_attention(
 
 def _tiles(x: jax.Array, bq: int) -> jax.Array:
     """(H, S, X) -> (n, H, bq, X), zero-padding S up to n * bq."""
+    x = pad_length(x, bq)  # (H, n * bq, X)
     h, s, c = x.shape
-    n = -(-s // bq)
-    x = jnp.pad(x, ((0, 0), (0, n * bq - s), (0, 0)))
-    return x.reshape(h, n, bq, c).transpose(1, 0, 2, 3)
+    return x.reshape(h, s // bq, bq, c).transpose(1, 0, 2, 3)
 
 
 def _untile(x: jax.Array, s: int) -> jax.Array:

@@ -1,4 +1,4 @@
-"""Shared layers with logical axis names: dense, norms, timestep and MLP embedders.
+"""Shared layers with logical axis names: dense, norms, timestep and MLP embedders; `pad_length`.
 
 Names and numerics follow diffusers' HunyuanVideo building blocks (`Timesteps`, `TimestepEmbedding`,
 `PixArtAlphaTextProjection`, `RMSNorm`, non-affine `LayerNorm` with eps 1e-6), so public weights map
@@ -125,3 +125,13 @@ def modulate(x: jax.Array, shift: jax.Array, scale: jax.Array) -> jax.Array:
 
 def split_chunks(x: jax.Array, n: int) -> Sequence[jax.Array]:
     return jnp.split(x, n, axis=-1)
+
+
+def pad_length(x: jax.Array, multiple: int, axis: int = 1, value=0) -> jax.Array:
+    """Pads `axis` (default: the sequence) with `value` up to a multiple of `multiple`."""
+    pad = -x.shape[axis] % multiple
+    if not pad:
+        return x
+    widths = [(0, 0)] * x.ndim
+    widths[axis] = (0, pad)
+    return jnp.pad(x, widths, constant_values=value)
