@@ -220,6 +220,20 @@ def test_conv3d_as_2d_equals_native_3d_convolution(strides):
     assert err < 1e-4, f"max error {err}"
 
 
+@pytest.mark.parametrize("strides", [(1, 1, 1), (1, 2, 2), (2, 2, 2)])
+def test_conv3d_of_repeated_frame_equals_native_3d_convolution(strides):
+    from omnihuman_jax.models.vae_blocks import conv3d_native, conv3d_repeated_frame
+
+    frame = jax.random.normal(jax.random.key(0), (2, 1, 10, 12, 3))  # (B, 1, H, W, C)
+    x = jnp.repeat(frame, 3, axis=1)  # a single frame after causal replicate padding
+    kernel = jax.random.normal(jax.random.key(1), (3, 3, 3, 3, 5))
+    want = conv3d_native(x, kernel, strides)
+    got = conv3d_repeated_frame(x, kernel, strides)
+    assert got.shape == want.shape
+    err = float(jnp.max(jnp.abs(got - want)))
+    assert err < 1e-4, f"max error {err}"
+
+
 def test_ssim_blur_filters_each_channel_separably_like_numpy():
     from omnihuman_jax.vae_losses import _blur, _gaussian_window
 
