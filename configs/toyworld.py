@@ -73,7 +73,7 @@ RECIPES = {
     ),
     "proof": dict(
         world=dict(num_identities=40, clips_per_identity=2, seconds=2.0, eval_identities=6),
-        vae=dict(total_steps=3000, image_steps=2300, batch_size=2),
+        vae=dict(total_steps=6700, image_steps=6000, batch_size=2),
         vae_world=dict(num_identities=240, seconds=1.0),
         steps=(500, 1200, 1000),
         sample_steps=20,
