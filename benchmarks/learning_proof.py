@@ -75,17 +75,14 @@ def score_vae_reconstruction(world: Path, vae: Path, inputs: list[dict], fps: fl
     """
     from data_pipeline.toyworld import render
     from launch.evaluate import load_truth, score_frames, summarize
-    from omnihuman_jax.interop.diffusers_vae import load_vae
-    from omnihuman_jax.models.vae import decode_latents, encode_video
-    from omnihuman_jax.vae_train_step import frames_from_unit_range, frames_to_unit_range
+    from launch.probe_vae import vae_roundtrip
 
-    cfg, params = load_vae(vae)
+    roundtrip = vae_roundtrip(vae)
     per_clip = {}
     for item in inputs:
         frames = render.read_mp4(world / "clips" / f"{item['clip_id']}.mp4")  # (F, H, W, 3)
         frames = frames[: 1 + 4 * ((frames.shape[0] - 1) // 4)]  # 1 + 4k frames
-        x = frames_to_unit_range(frames[None])  # (1, F, H, W, 3) in [-1, 1]
-        recon = frames_from_unit_range(decode_latents(cfg, params, encode_video(cfg, params, x))[0])
+        recon = roundtrip(frames[None])[0]  # (F, H, W, 3) uint8
         per_clip[str(item["clip_id"])] = score_frames(recon, load_truth(world, str(item["clip_id"])), fps)
     return summarize(per_clip)
 
