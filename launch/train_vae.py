@@ -40,6 +40,11 @@ def default_config() -> ml_collections.ConfigDict:
             # causal VAE's first-frame path, i.e. every spatial layer, at about a quarter of a 5-frame
             # step's cost; the usual image-then-video curriculum of video VAEs. 0: clips from the start.
             image_steps=0,
+            # Entering the video phase (and at export, if it was never entered), every 3D kernel is
+            # causally inflated (vae_train_step.inflate_causal): the image phase trains only the sum of each
+            # kernel's temporal taps, and clips trained from its leftover random taps learn to repeat
+            # frame 0. With it each latent frame starts as the image code of its last frame.
+            causal_inflation=True,
             crop_size=0,  # square spatial crop (a multiple of 8; 0: whole frames); the VAE is convolutional
             block_out_channels=(8, 16, 32, 32),
             layers_per_block=1,
@@ -221,7 +226,11 @@ def train_vae(config: Any, data_dir: str, workdir: str, out: str = "") -> dict[s
         with open(os.path.join(workdir, "vae_metrics.jsonl"), "a") as log_file:
             t0 = time.perf_counter()
             end = min(config.stop_at or config.total_steps, config.total_steps)
+            inflate = jax.jit(vts.inflate_causal, out_shardings=shardings.params)
             while step < end:
+                if config.causal_inflation and 0 < config.image_steps == step:
+                    state = state.replace(params=inflate(state.params))
+                    print(f"vae step {step}: causal inflation, video phase starts", flush=True)
                 clips = curriculum_frames(next(data), step, config.image_steps)
                 frames = shd.shard_batch({"frames": clips}, mesh)["frames"]
                 state, metrics = step_fn(state, frames)
@@ -246,6 +255,8 @@ def train_vae(config: Any, data_dir: str, workdir: str, out: str = "") -> dict[s
         print(f"stopped at step {step} of {config.total_steps} (config.stop_at); run again to resume")
         return last
     params = jax.device_get(state.params)
+    if config.causal_inflation and 0 < config.total_steps <= config.image_steps:
+        params = vts.inflate_causal(params)  # an image-only run: give its clip path the image code
     data.crop = 0  # latent statistics of whole frames
     stats_batches = [data.batch(10**6 + i) for i in range(max(1, config.stats_batches))]
     mean, std = vts.latent_statistics(cfg, params, stats_batches)

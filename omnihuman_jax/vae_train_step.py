@@ -7,6 +7,12 @@ one `jax.jit` over the same `(data, fsdp, tensor)` mesh and logical-axis rules a
 `null`), the batch is sharded over `(data, fsdp)`. AdamW with warmup + cosine decay and global-norm
 clipping come from `omnihuman_jax.train_state`.
 
+`inflate_causal` turns an image-trained VAE into a video one at the end of the image phase: each 3D
+kernel's temporal taps are summed onto its last (current-frame) tap, the others zeroed (MAGVIT-v2's causal
+inflation, arXiv 2310.05737 sec. 3.1). The first-frame path computes the same function, and every latent
+frame starts as the image code of the last frame it covers; without it, clip training starts from the
+image phase's untrained individual taps and settles on repeating frame 0 (docs/learning_proof.md).
+
 After training, `latent_statistics` measures the posterior means so the saved config carries a
 `shift_factor` / `scaling_factor` that give the diffusion model unit-variance latents (the role of
 HunyuanVideo's 0.476986).
@@ -124,6 +130,20 @@ def init_vae_train_state(
 def make_vae_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformation:
     """The DiT's AdamW recipe (warmup, cosine decay, clipping, decay on kernels only)."""
     return make_optimizer(opt_cfg, total_steps)
+
+
+def inflate_causal(params: Params) -> Params:
+    """Causal inflation of every 3D conv kernel (kT, kH, kW, C_in, C_out) with kT > 1: the sum over taps
+    goes on the last tap (the current frame), the earlier taps become zero. A single frame (whose causal
+    padding repeats it) sees the summed kernel either way, so the image path's function is unchanged.
+    """
+
+    def inflate(path: tuple, x: jax.Array) -> jax.Array:
+        if path[-1].key != "kernel" or x.ndim != 5 or x.shape[0] == 1:
+            return x
+        return jnp.zeros_like(x).at[-1].set(x.sum(axis=0))
+
+    return jax.tree_util.tree_map_with_path(inflate, params)
 
 
 def frames_to_unit_range(frames: jax.Array) -> jax.Array:

@@ -130,3 +130,17 @@ def test_curriculum_trains_on_single_frames_before_image_steps_then_on_clips():
     np.testing.assert_array_equal(early, clips[:, :1])
     np.testing.assert_array_equal(train_vae.curriculum_frames(clips, step=3, image_steps=3), clips)
     np.testing.assert_array_equal(train_vae.curriculum_frames(clips, step=0, image_steps=0), clips)
+
+
+@pytest.mark.parametrize("total_steps", [3, 2], ids=["enters-video-phase", "image-only"])
+def test_vae_is_causally_inflated_when_the_image_phase_ends(data_dir, tmp_path, total_steps):
+    """lr 0 keeps the weights at their init, so the export shows exactly what the inflation did."""
+    config = _config(total_steps=total_steps, image_steps=2)
+    config.optimizer.lr = 0.0
+    train_vae.train_vae(config, data_dir, str(tmp_path))
+    cfg, params = load_vae(tmp_path / "vae")
+    init = vts.init_vae(train_vae.vae_config_from(config), jax.random.key(config.seed))
+    want = vts.inflate_causal(init)["decoder"]["conv_in"]["conv"]["kernel"]
+    got = params["decoder"]["conv_in"]["conv"]["kernel"]  # (3, 3, 3, C_in, C_out)
+    np.testing.assert_allclose(got, want, atol=1e-6)
+    assert not np.any(got[:-1])

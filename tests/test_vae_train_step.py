@@ -1,0 +1,78 @@
+"""Causal inflation of an image-trained VAE (omnihuman_jax.vae_train_step.inflate_causal).
+
+Tiny random VAE with random norm affines and the mid-block attention on; no torch needed.
+"""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omnihuman_jax import vae_train_step as vts
+from omnihuman_jax.models import vae as V
+
+CFG = V.VAEConfig(latent_channels=4, block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=2)
+
+
+def _params():
+    p = V.init_vae(CFG, jax.random.PRNGKey(0))
+    leaves, tree = jax.tree_util.tree_flatten_with_path(p)
+    keys = jax.random.split(jax.random.PRNGKey(1), len(leaves))
+    return jax.tree_util.tree_unflatten(
+        tree,
+        [
+            v + 0.2 * jax.random.normal(k, v.shape) if path[-1].key in ("scale", "bias") else v
+            for (path, v), k in zip(leaves, keys, strict=True)
+        ],
+    )
+
+
+def _clip(frames: int = 5, seed: int = 0) -> jax.Array:
+    return jnp.asarray(np.random.RandomState(seed).uniform(-1, 1, (1, frames, 16, 16, 3)), jnp.float32)
+
+
+def _roundtrip(params, x: jax.Array) -> jax.Array:
+    mean, _ = V.encode_moments(CFG, params, x)
+    return V.decode_unscaled(CFG, params, mean)
+
+
+def test_causal_inflation_moves_each_kernels_tap_sum_onto_its_last_tap():
+    params = _params()
+    inflated = vts.inflate_causal(params)
+    before = params["encoder"]["conv_in"]["conv"]["kernel"]  # (3, 3, 3, 3, 8)
+    after = inflated["encoder"]["conv_in"]["conv"]["kernel"]
+    np.testing.assert_allclose(after[-1], before.sum(axis=0), rtol=1e-6)
+    assert not np.any(after[:-1])
+    pointwise = inflated["quant_conv"]["kernel"]  # (1, 1, 1, C, C): no temporal taps, left alone
+    np.testing.assert_array_equal(pointwise, params["quant_conv"]["kernel"])
+
+
+def test_causal_inflation_keeps_the_single_frame_reconstruction():
+    params, x = _params(), _clip(frames=1)
+    before, after = _roundtrip(params, x), _roundtrip(vts.inflate_causal(params), x)
+    err = float(jnp.max(jnp.abs(before - after)))
+    assert err < 1e-4, f"single-frame round trip changed by up to {err}"
+
+
+def test_inflated_decoder_holds_each_latent_frame_over_its_four_video_frames():
+    z = jnp.asarray(np.random.RandomState(2).normal(size=(1, 2, 2, 2, 4)), jnp.float32)
+    random_taps = V.decode_unscaled(CFG, _params(), z)[0]  # (5, 16, 16, 3)
+    inflated = V.decode_unscaled(CFG, vts.inflate_causal(_params()), z)[0]
+    spread = float(jnp.max(jnp.abs(inflated[1:] - inflated[1])))
+    assert spread < 1e-5, f"frames 1-4 of the inflated decoder differ by up to {spread}"
+    assert float(jnp.max(jnp.abs(random_taps[1:] - random_taps[1]))) > 1e-2  # the property is not free
+
+
+def test_inflated_encoder_codes_latent_frame_1_from_frame_4_not_frames_1_and_3():
+    """The stride-2 windows' last taps pick frames 2 then 4; frames 1 and 3 reach the latents only through
+    the norms' statistics pooled over all frames, which a swap of the two leaves unchanged."""
+    params = vts.inflate_causal(_params())
+    x = _clip()
+    swapped_odd = x.at[:, 1].set(x[:, 3]).at[:, 3].set(x[:, 1])  # same pooled statistics, frames 1 <-> 3
+    mean, _ = V.encode_moments(CFG, params, x)
+    mean_swapped, _ = V.encode_moments(CFG, params, swapped_odd)
+    assert float(jnp.max(jnp.abs(mean - mean_swapped))) < 1e-5
+    swapped_even = x.at[:, 2].set(x[:, 4]).at[:, 4].set(x[:, 2])  # frame 4 is what latent 1 encodes
+    mean_even, _ = V.encode_moments(CFG, params, swapped_even)
+    assert float(jnp.max(jnp.abs(mean[:, 1] - mean_even[:, 1]))) > 1e-2
