@@ -51,7 +51,7 @@ def default_config() -> ml_collections.ConfigDict:
             latent_channels=4,
             norm_num_groups=4,
             mid_block_add_attention=False,
-            loss=dict(l1=1.0, ssim=0.2, kl=1e-6),
+            loss=dict(l1=1.0, ssim=0.2, kl=1e-6, motion_l1=0.0),
             optimizer=dict(
                 lr=2e-3,
                 warmup_steps=10,

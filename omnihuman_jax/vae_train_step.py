@@ -62,6 +62,7 @@ class VAELossWeights:
     l1: float = 1.0
     ssim: float = 0.2
     kl: float = 1e-6
+    motion_l1: float = 0.0
 
 
 def vae_param_shardings(cfg: VAEConfig, mesh: Mesh, rules) -> Params:
@@ -170,7 +171,14 @@ def make_vae_train_step(
         z = posterior_sample(mean, logvar, rng)
         recon = decode_unscaled(cfg, params, z)  # (B, F, H, W, 3)
         loss, parts = vae_loss(
-            recon, x, mean, logvar, l1_weight=weights.l1, ssim_weight=weights.ssim, kl_weight=weights.kl
+            recon,
+            x,
+            mean,
+            logvar,
+            l1_weight=weights.l1,
+            ssim_weight=weights.ssim,
+            kl_weight=weights.kl,
+            motion_l1_weight=weights.motion_l1,
         )
         return loss, parts
 

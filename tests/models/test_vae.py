@@ -142,6 +142,31 @@ def test_ssim_of_identical_images_is_one_and_drops_with_noise():
     assert float(vae_losses.ssim_loss(x, x)) == pytest.approx(0.0, abs=1e-5)
 
 
+def test_motion_weighted_l1_counts_only_pixels_that_move():
+    # one pixel moves between frames 1 and 2: frames 1 and 2 weigh it by the change (0.8), nothing else weighs
+    target = jnp.zeros((1, 4, 3, 3, 3)).at[:, 2:, 1, 1, :].set(0.8)
+    still_error = target.at[:, :, 0, 0, :].add(0.5)  # error on a still pixel only
+    assert float(vae_losses.motion_weighted_l1(still_error, target)) == pytest.approx(0.0, abs=1e-6)
+    moving_error = target.at[:, 1, 1, 1, :].add(0.3).at[:, 2, 1, 1, :].add(-0.1)
+    # weighted mean of |err| over frames 1 and 2 at the moving pixel (equal weights): (0.3 + 0.1) / 2
+    assert float(vae_losses.motion_weighted_l1(moving_error, target)) == pytest.approx(0.2, rel=1e-4)
+    frozen = jnp.broadcast_to(target[:, :1], target.shape)  # a reconstruction that repeats frame 0
+    assert float(vae_losses.motion_weighted_l1(frozen, target)) == pytest.approx(0.4, rel=1e-4)
+    assert float(vae_losses.motion_weighted_l1(target[:, :1] + 1.0, target[:, :1])) == 0.0  # single frame
+
+
+def test_vae_loss_adds_the_motion_term_only_when_weighted():
+    target = jnp.zeros((1, 3, 16, 16, 3)).at[:, 1:, 4:8, 4:8, :].set(1.0)
+    pred = jnp.broadcast_to(target[:, :1], target.shape)
+    mean = logvar = jnp.zeros((1, 1, 2, 2, 4))
+    plain, parts = vae_losses.vae_loss(pred, target, mean, logvar)
+    assert "motion_l1" not in parts
+    weighted, parts = vae_losses.vae_loss(pred, target, mean, logvar, motion_l1_weight=2.0)
+    # the block moves between frames 0 and 1 only: frame 0 (error 0) and frame 1 (error 1) weigh it equally
+    assert float(parts["motion_l1"]) == pytest.approx(0.5, rel=1e-4)
+    assert float(weighted - plain) == pytest.approx(1.0, rel=1e-4)
+
+
 def test_kl_of_standard_normal_posterior_is_zero_and_matches_closed_form():
     zeros = jnp.zeros((2, 3, 2, 2, 4))
     np.testing.assert_allclose(vae_losses.kl_divergence(zeros, zeros), np.zeros(2), atol=1e-7)
