@@ -5,7 +5,8 @@
 The dataset is one built by `python -m data_pipeline.build` without `--vae` (records hold RGB frames).
 Each step draws `batch_size` clips (a seeded permutation per epoch, so the iterator state is the step),
 crops `clip_frames` (1 + 4k) consecutive frames and trains the VAE of `omnihuman_jax.vae_train_step`
-(L1 + SSIM + KL). Orbax checkpoints go to W/checkpoints every `checkpoint_every` steps; running again
+(L1 + SSIM + KL, and an optional motion-weighted L1: `loss.motion_l1`). Orbax checkpoints go to
+W/checkpoints every `checkpoint_every` steps; running again
 resumes from the newest. At the end the latent statistics are measured (so the exported config's
 shift/scaling factors give unit-variance latents) and the VAE is written to `--out` (default W/vae) as
 an `AutoencoderKLHunyuanVideo` folder that `omnihuman_jax.interop.diffusers_vae.load_vae`, the data
