@@ -1,4 +1,4 @@
-"""Causal inflation of an image-trained VAE (omnihuman_jax.vae_train_step.inflate_causal).
+"""omnihuman_jax.vae_train_step: causal inflation of an image-trained VAE, and the train step's loss terms.
 
 Tiny random VAE with random norm affines and the mid-block attention on; no torch needed.
 """
@@ -8,6 +8,7 @@ from __future__ import annotations
 import jax
 import jax.numpy as jnp
 import numpy as np
+import optax
 
 from omnihuman_jax import vae_train_step as vts
 from omnihuman_jax.models import vae as V
@@ -76,3 +77,22 @@ def test_inflated_encoder_codes_latent_frame_1_from_frame_4_not_frames_1_and_3()
     swapped_even = x.at[:, 2].set(x[:, 4]).at[:, 4].set(x[:, 2])  # frame 4 is what latent 1 encodes
     mean_even, _ = V.encode_moments(CFG, params, swapped_even)
     assert float(jnp.max(jnp.abs(mean[:, 1] - mean_even[:, 1]))) > 1e-2
+
+
+def test_train_step_adds_the_weighted_motion_l1_on_clips_only():
+    params = V.init_vae(CFG, jax.random.PRNGKey(0))
+    opt = optax.sgd(0.0)
+    state = vts.VAETrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=opt.init(params),
+        nonfinite_total=jnp.zeros((), jnp.int32),
+    )
+    clip = jnp.asarray(np.random.RandomState(3).randint(0, 256, (1, 5, 16, 16, 3)), jnp.uint8)
+    _, plain = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(), seed=0)(state, clip)
+    step = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(motion_l1=2.0), seed=0)
+    _, weighted = step(state, clip)
+    assert "motion_l1" not in plain and float(weighted["motion_l1"]) > 0
+    np.testing.assert_allclose(weighted["loss"] - plain["loss"], 2.0 * weighted["motion_l1"], rtol=1e-5)
+    _, image = step(state, clip[:, :1])  # the image phase: no frame-to-frame change to weight
+    assert float(image["motion_l1"]) == 0.0
