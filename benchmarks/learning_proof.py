@@ -150,6 +150,13 @@ def recipe_lines(cfg: Any, root: Path) -> list[str]:
         ran = {k: v for k, v in timings.items() if v >= 1.0}  # steps found done on a resumed run take ~0 s
         if ran:
             lines.append("- Main-job wall time (s): " + ", ".join(f"{k} {v}" for k, v in ran.items()) + ".")
+        reused = [k for k, v in timings.items() if v < 1.0]
+        if reused:
+            lines.append(
+                "- Found done in the workdir and reused, so not in this invocation's time: "
+                + ", ".join(reused)
+                + "."
+            )
     return lines
 
 

@@ -162,3 +162,15 @@ def test_learning_proof_reports_met_and_missed_targets_with_the_gap(tmp_path):
     from PIL import Image
 
     assert Image.open(tmp_path / "p.png").size[0] == 760
+
+
+def test_recipe_lines_name_steps_reused_from_an_earlier_invocation(tmp_path):
+    import json
+
+    from benchmarks import learning_proof as lp
+
+    timings = {"world": 0.0, "vae": 0.1, "stage1": 150.2}
+    (tmp_path / "metrics.json").write_text(json.dumps({"timings_s": timings}))
+    lines = lp.recipe_lines(get_config("smoke"), tmp_path)
+    assert any("wall time" in line and "stage1 150.2" in line and "vae" not in line for line in lines)
+    assert any("reused" in line and "world, vae" in line for line in lines)
