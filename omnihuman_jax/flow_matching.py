@@ -49,11 +49,32 @@ def loss_weight(t: jax.Array, kind: str) -> jax.Array:
     raise ValueError(f"flow.loss_weighting={kind!r}: choose none or cosmap")
 
 
-def per_sample_loss(pred: jax.Array, target: jax.Array, motion_mask: jax.Array) -> jax.Array:
-    """Per-sample MSE over non-motion latent frames.
+def motion_weights(latents: jax.Array, strength: float, eps: float = 1e-6) -> jax.Array:
+    """(B, T, h, w, C) clean latents -> (B, T, h, w) loss weights that favour positions that change over time.
 
-    pred/target (B, T, h, w, C), motion_mask (B, T) -> (B,).
+    d = mean over channels of |x_0[t] - x_0[t-1]| (0 at t = 0) and
+    w = (1 + strength d / mean(d)) / (1 + strength), the mean taken per sample, so each sample's weights
+    average 1 and the loss keeps its scale. A talking face's mouth and a gesturing hand cover a few latent
+    positions; with plain MSE the static rest outweighs them. Computed from the target only, so it needs no
+    masks or landmarks. strength = 0 gives all-ones.
+    """
+    x = latents.astype(jnp.float32)
+    d = jnp.mean(jnp.abs(x[:, 1:] - x[:, :-1]), axis=-1)  # (B, T-1, h, w)
+    d = jnp.concatenate([jnp.zeros_like(d[:, :1]), d], axis=1)  # (B, T, h, w)
+    rel = d / (jnp.mean(d, axis=(1, 2, 3), keepdims=True) + eps)
+    return jax.lax.stop_gradient((1.0 + strength * rel) / (1.0 + strength))
+
+
+def per_sample_loss(
+    pred: jax.Array, target: jax.Array, motion_mask: jax.Array, weights: jax.Array | None = None
+) -> jax.Array:
+    """Per-sample MSE over non-motion latent frames, optionally weighted per position.
+
+    pred/target (B, T, h, w, C), motion_mask (B, T), weights (B, T, h, w) or None -> (B,).
     """
     keep = (~motion_mask).astype(jnp.float32)  # (B, T)
-    sq = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=(2, 3, 4))  # (B, T)
+    sq = jnp.mean(jnp.square(pred.astype(jnp.float32) - target.astype(jnp.float32)), axis=-1)  # (B, T, h, w)
+    if weights is not None:
+        sq = sq * weights
+    sq = jnp.mean(sq, axis=(2, 3))  # (B, T)
     return jnp.sum(sq * keep, axis=1) / jnp.maximum(jnp.sum(keep, axis=1), 1.0)

@@ -37,7 +37,8 @@ def make_loss_fn(model: nn.Module, config: Any) -> Callable:
         x_t = fm.interpolate(latents, noise, t)
         pred = model.apply({"params": params}, model_inputs(batch, x_t), t)
         motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
-        per_sample = fm.per_sample_loss(pred, fm.velocity_target(latents, noise), motion)  # (B,)
+        weights = fm.motion_weights(latents, flow.motion_weight) if flow.motion_weight > 0 else None
+        per_sample = fm.per_sample_loss(pred, fm.velocity_target(latents, noise), motion, weights)  # (B,)
         loss = jnp.mean(per_sample * fm.loss_weight(t, flow.loss_weighting))
         return loss, per_sample
 

@@ -1,0 +1,68 @@
+"""The flow-matching objective's optional motion weighting (omnihuman_jax.flow_matching, train_step)."""
+
+from __future__ import annotations
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from omnihuman_jax import flow_matching as fm
+from omnihuman_jax.batch import sample_model_inputs
+from omnihuman_jax.train_step import make_loss_fn
+from tests.model_fixtures import build, random_batch, tiny_config
+
+
+def _clip_with_one_moving_position(b: int = 2, t: int = 3, h: int = 4, w: int = 4, c: int = 2) -> np.ndarray:
+    z = np.tile(np.random.default_rng(0).normal(size=(b, 1, h, w, c)), (1, t, 1, 1, 1))  # static
+    z[:, :, 1, 2] += np.arange(t, dtype=np.float64)[None, :, None]  # (1, 2) moves by 1 per frame
+    return z.astype(np.float32)
+
+
+def test_motion_weights_favour_moving_positions_and_average_one_per_sample():
+    z = _clip_with_one_moving_position()
+    w = np.asarray(fm.motion_weights(jnp.asarray(z), strength=1.0))  # (B, T, h, w)
+    assert w.shape == z.shape[:4]
+    np.testing.assert_allclose(w.mean(axis=(1, 2, 3)), 1.0, rtol=1e-4)  # eps in the mean
+    # d = 1 at (1, 2) on frames 1, 2 and 0 elsewhere: mean d = 2 / 48, so w = (1 + 24) / 2 there, 1/2 else.
+    np.testing.assert_allclose(w[:, 1:, 1, 2], 12.5, rtol=1e-4)
+    np.testing.assert_allclose(w[:, 0, 1, 2], 0.5, rtol=1e-5)  # frame 0 has no previous frame
+    np.testing.assert_allclose(w[:, :, 0, 0], 0.5, rtol=1e-5)
+    np.testing.assert_array_equal(np.asarray(fm.motion_weights(jnp.asarray(z), strength=0.0)), 1.0)
+
+
+def test_weighted_per_sample_loss_scales_errors_by_position_weight():
+    z = jnp.asarray(_clip_with_one_moving_position())
+    motion = jnp.zeros(z.shape[:2], bool)
+    weights = fm.motion_weights(z, strength=1.0)
+    err_moving = z.at[:, :, 1, 2].add(1.0)  # error 1 on every channel of the moving position only
+    err_static = z.at[:, :, 0, 0].add(1.0)
+    plain = np.asarray(fm.per_sample_loss(err_moving, z, motion))
+    np.testing.assert_allclose(plain, 1.0 / 16, rtol=1e-5)  # one of 16 positions, all 3 frames
+    np.testing.assert_allclose(
+        fm.per_sample_loss(err_moving, z, motion, weights), (0.5 + 2 * 12.5) / 48, rtol=1e-4
+    )
+    np.testing.assert_allclose(fm.per_sample_loss(err_static, z, motion, weights), 0.5 / 16, rtol=1e-5)
+
+
+def test_train_loss_uses_motion_weight_only_when_configured():
+    cfg = tiny_config(batch_size=2)
+    model = build(cfg)
+    batch = random_batch(cfg, 2)
+    params = model.init(jax.random.key(0), sample_model_inputs(batch), jnp.zeros((2,)))["params"]
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    batch["latents"] = batch["latents"].at[:, 1:, 0, 0].add(3.0)  # one position moves
+    batch["_t"] = jnp.full((2,), 0.5)
+    batch["_noise"] = jax.random.normal(jax.random.key(1), batch["latents"].shape)
+    plain, _ = make_loss_fn(model, cfg)(params, batch)
+    cfg.flow.motion_weight = 2.0
+    weighted, per_sample = make_loss_fn(model, cfg)(params, batch)
+    # Recompute by hand: the same prediction, the weights of flow_matching.motion_weights.
+    x_t = fm.interpolate(batch["latents"], batch["_noise"], batch["_t"])
+    from omnihuman_jax.conditions import INDEX, model_inputs
+
+    pred = model.apply({"params": params}, model_inputs(batch, x_t), batch["_t"])
+    motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
+    target = fm.velocity_target(batch["latents"], batch["_noise"])
+    want = fm.per_sample_loss(pred, target, motion, fm.motion_weights(batch["latents"], 2.0))
+    np.testing.assert_allclose(np.asarray(per_sample), np.asarray(want), rtol=1e-5)
+    assert abs(float(weighted) - float(plain)) > 1e-4 * float(plain)
