@@ -46,6 +46,7 @@ def model_config() -> ml_collections.ConfigDict:
             pose_guider_channels=(8, 16),
             pose_feature_channels=4,
             pose_window=1,  # +/- adjacent latent frames concatenated
+            motion_hold=True,  # the last motion frame's latent is also stacked on the frames to predict
             dtype="float32",  # compute dtype; bf16 on accelerators
             param_dtype="float32",
             attention="auto",  # auto | xla | blocked | cudnn | splash
@@ -85,6 +86,7 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             shift=1.0,  # resolution-dependent timestep shift; 0 means: derive from base_shift_tokens
             base_shift_tokens=0,  # when > 0, shift = sqrt(tokens / base_shift_tokens)
             loss_weighting="none",  # none | cosmap
+            motion_weight=0.0,  # > 0: weight latent positions by their change over time (flow_matching)
             num_timestep_buckets=4,
         )
     )

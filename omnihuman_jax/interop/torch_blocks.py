@@ -411,8 +411,14 @@ def temporal_neighbours(x: Tensor, k: int) -> Tensor:
     return torch.cat([padded[:, i : i + t] for i in range(2 * k + 1)], dim=-1)
 
 
-def motion_channels(motion_latents: Tensor, motion_mask: Tensor) -> Tensor:
-    """Motion-frame latents plus a binary mask channel: (B, T, h, w, C + 1), zeros where absent."""
+def motion_channels(motion_latents: Tensor, motion_mask: Tensor, hold: bool = False) -> Tensor:
+    """Motion-frame latents plus a mask channel, as `omnihuman_jax.models.conditions.motion_channels`."""
     m = motion_mask.to(motion_latents.dtype)[:, :, None, None, None]
     mask_ch = m.expand(*motion_latents.shape[:-1], 1)
-    return torch.cat([motion_latents * m, mask_ch], dim=-1)
+    latents = motion_latents * m
+    if hold:
+        n = motion_mask.to(torch.long).sum(dim=1)  # (B,)
+        idx = (n - 1).clamp(min=0)[:, None, None, None, None].expand(-1, 1, *latents.shape[2:])
+        last = torch.gather(latents, 1, idx) * (n > 0).to(latents.dtype)[:, None, None, None, None]
+        latents = torch.where(m > 0, latents, last)
+    return torch.cat([latents, mask_ch], dim=-1)

@@ -77,6 +77,7 @@ class TorchDiTConfig:
     pose_window: int
     use_audio: bool = True
     use_pose: bool = True
+    motion_hold: bool = False
 
     @classmethod
     def from_dict(cls, values: dict) -> TorchDiTConfig:
@@ -206,7 +207,7 @@ class OmniHumanDiTTorch(nn.Module):
         t_net = timestep.float() * TIMESTEP_SCALE
         temb = self._temb(inputs, t_net, dtype)
 
-        cond = [motion_channels(inputs["motion_latents"].to(dtype), inputs["motion_mask"])]
+        cond = [motion_channels(inputs["motion_latents"].to(dtype), inputs["motion_mask"], c.motion_hold)]
         if c.use_pose:
             cond.append(self.pose_guider(inputs["pose_heatmaps"].to(dtype)))
         video = self.x_embedder(x_t) + self.cond_embedder(torch.cat(cond, dim=-1).to(dtype))

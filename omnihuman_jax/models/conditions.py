@@ -122,8 +122,21 @@ def temporal_neighbours(x: jax.Array, k: int) -> jax.Array:
     return jnp.concatenate([padded[:, i : i + t] for i in range(2 * k + 1)], axis=-1)
 
 
-def motion_channels(motion_latents: jax.Array, motion_mask: jax.Array) -> jax.Array:
-    """Motion-frame latents plus a binary mask channel: (B, T, h, w, C + 1), zeros where absent."""
+def motion_channels(motion_latents: jax.Array, motion_mask: jax.Array, hold: bool = False) -> jax.Array:
+    """Motion-frame latents plus a binary mask channel: (B, T, h, w, C + 1).
+
+    Without `hold` the latent channels are zeros where no motion frame is given. With `hold`, every frame
+    after the motion frames (a prefix of the clip) also gets the last motion frame's latent, with mask 0,
+    as Stable Video Diffusion stacks its conditioning frame on every frame: each token to predict then
+    sees the motion frame at its own position, and holding it still is a local map rather than a copy
+    through attention. Samples with no motion frames get zeros either way.
+    """
     m = motion_mask.astype(motion_latents.dtype)[:, :, None, None, None]  # (B, T, 1, 1, 1)
     mask_ch = jnp.broadcast_to(m, (*motion_latents.shape[:-1], 1))
-    return jnp.concatenate([motion_latents * m, mask_ch], axis=-1)
+    latents = motion_latents * m
+    if hold:
+        n = jnp.sum(motion_mask.astype(jnp.int32), axis=1)  # (B,) motion frames given
+        last = jnp.take_along_axis(latents, jnp.maximum(n - 1, 0)[:, None, None, None, None], axis=1)
+        last = last * (n > 0).astype(latents.dtype)[:, None, None, None, None]  # (B, 1, h, w, C)
+        latents = jnp.where(m > 0, latents, last)
+    return jnp.concatenate([latents, mask_ch], axis=-1)

@@ -90,6 +90,9 @@ class DiTConfig:
     scan_layers: bool = False
     use_audio: bool = True
     use_pose: bool = True
+    # Hold the last motion frame on the frames to predict (conditions.motion_channels). False here so that
+    # configs saved before it existed keep their behaviour; configs/base.py turns it on for new runs.
+    motion_hold: bool = False
 
     @classmethod
     def from_config(cls, model_cfg: Any, **overrides) -> DiTConfig:
@@ -181,7 +184,7 @@ class OmniHumanDiT(nn.Module):
             )
 
         # Channel stacking: motion latents + mask, pose-guider features.
-        cond = [motion_channels(inputs["motion_latents"], inputs["motion_mask"])]
+        cond = [motion_channels(inputs["motion_latents"], inputs["motion_mask"], cfg.motion_hold)]
         if cfg.use_pose:
             guider = PoseGuider(
                 cfg.pose_guider_channels,

@@ -10,7 +10,7 @@ import pytest
 
 from omnihuman_jax.conditions import INDEX
 from omnihuman_jax.models.attention import AudioCrossAttention
-from omnihuman_jax.models.conditions import AudioProjector
+from omnihuman_jax.models.conditions import AudioProjector, motion_channels
 from omnihuman_jax.models.rope import rope_cos_sin, video_and_reference_positions
 from tests.model_fixtures import build, inputs_from_batch, random_batch, randomize, tiny_config
 
@@ -143,3 +143,16 @@ def test_zero_init_audio_and_pose_leave_base_output_unchanged():
     out_base = base.apply({"params": base_params}, inputs, T_NET)
     out_full = full.apply({"params": merged}, inputs, T_NET)
     np.testing.assert_allclose(np.asarray(out_full), np.asarray(out_base), atol=1e-5)
+
+
+def test_motion_hold_stacks_the_last_motion_latent_on_every_frame_to_predict():
+    z = jnp.asarray(np.random.default_rng(0).normal(size=(3, 4, 2, 2, 3)), jnp.float32)  # (B, T, h, w, C)
+    mask = jnp.array([[1, 1, 0, 0], [1, 0, 0, 0], [0, 0, 0, 0]], bool)
+    held = np.asarray(motion_channels(z, mask, hold=True))
+    plain = np.asarray(motion_channels(z, mask))
+    np.testing.assert_array_equal(held[..., -1], plain[..., -1])  # the mask channel is unchanged
+    np.testing.assert_array_equal(held[0, :2, ..., :3], np.asarray(z[0, :2]))
+    np.testing.assert_array_equal(held[0, 2:, ..., :3], np.broadcast_to(np.asarray(z[0, 1]), (2, 2, 2, 3)))
+    np.testing.assert_array_equal(held[1, 1:, ..., :3], np.broadcast_to(np.asarray(z[1, 0]), (3, 2, 2, 3)))
+    np.testing.assert_array_equal(held[2], 0.0)  # no motion frames: zeros, as without hold
+    np.testing.assert_array_equal(plain[0, 2:, ..., :3], 0.0)
