@@ -11,8 +11,9 @@ pose and text off, and motion frames (latent frames 0 and 1) and audio each on o
   samples), next to `true_change`, the largest true change from the last motion latent.
 
 A model that ignores its motion frames scores about the same with motion on and off; one that ignores audio
-has an `audio_effect` near 0. The audio-on rows use a batch's audio features whatever its mask says, so
-only batches drawn with audio eligible carry real audio.
+has an `audio_effect` near 0. The loader zeroes the features of a condition it drew as dropped, so only the
+samples drawn with audio on carry real audio (about ratio x eligible rate of them); on the others the
+audio-on and audio-off rows agree.
 
   python -m benchmarks.dit_conditions --checkpoint=runs/proof/stage2 --batches=6
 """
