@@ -87,6 +87,7 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             base_shift_tokens=0,  # when > 0, shift = sqrt(tokens / base_shift_tokens)
             loss_weighting="none",  # none | cosmap
             motion_weight=0.0,  # > 0: weight latent positions by their change over time (flow_matching)
+            motion_noise=0.0,  # > 0: max sigma of Gaussian noise on the stacked motion latents in training
             num_timestep_buckets=4,
         )
     )

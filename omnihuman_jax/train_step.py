@@ -32,10 +32,13 @@ def make_loss_fn(model: nn.Module, config: Any) -> Callable:
     flow = config.flow
 
     def loss_fn(params, batch: Batch):
-        """batch holds the training batch plus its draws `_t` (B,) and `_noise` (B, T, h, w, C)."""
+        """batch holds the training batch plus its draws `_t` (B,) and `_noise` (B, T, h, w, C), and
+        `_motion_noise` (B, T, h, w, C) when flow.motion_noise > 0."""
         latents, t, noise = batch["latents"], batch["_t"], batch["_noise"]
         x_t = fm.interpolate(latents, noise, t)
-        pred = model.apply({"params": params}, model_inputs(batch, x_t), t)
+        # Noise augmentation of the motion frames' channels only; x_t and the target keep the clean latents.
+        cond = {**batch, "latents": latents + batch["_motion_noise"]} if "_motion_noise" in batch else batch
+        pred = model.apply({"params": params}, model_inputs(cond, x_t), t)
         motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
         weights = fm.motion_weights(latents, flow.motion_weight) if flow.motion_weight > 0 else None
         per_sample = fm.per_sample_loss(pred, fm.velocity_target(latents, noise), motion, weights)  # (B,)
@@ -52,7 +55,16 @@ def draw_flow_noise(batch: Batch, rng: jax.Array, config: Any, shift: float) -> 
     flow = config.flow
     t = fm.sample_timesteps(k_t, latents.shape[0], flow.logit_mean, flow.logit_std, shift)  # (B,)
     noise = jax.random.normal(k_n, latents.shape, jnp.float32)
-    return {**batch, "_t": t, "_noise": noise}
+    draws = {"_t": t, "_noise": noise}
+    if flow.motion_noise > 0:
+        # Per-sample sigma ~ U(0, motion_noise) on the stacked motion latents (as SVD augments its
+        # conditioning frame), so sampling, which feeds back its own decoded-and-re-encoded frames, does
+        # not teach the model to trust them exactly. Drawn from a folded key: other draws are unchanged.
+        k_s, k_e = jax.random.split(jax.random.fold_in(rng, 2))
+        sigma = flow.motion_noise * jax.random.uniform(k_s, (latents.shape[0],), jnp.float32)  # (B,)
+        eps = jax.random.normal(k_e, latents.shape, jnp.float32)
+        draws["_motion_noise"] = sigma[:, None, None, None, None] * eps
+    return {**batch, **draws}
 
 
 def _microbatches(batch: Batch, k: int) -> Batch:

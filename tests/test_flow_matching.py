@@ -66,3 +66,37 @@ def test_train_loss_uses_motion_weight_only_when_configured():
     want = fm.per_sample_loss(pred, target, motion, fm.motion_weights(batch["latents"], 2.0))
     np.testing.assert_allclose(np.asarray(per_sample), np.asarray(want), rtol=1e-5)
     assert abs(float(weighted) - float(plain)) > 1e-4 * float(plain)
+
+
+def test_motion_noise_draws_leave_other_draws_unchanged_and_noise_only_the_motion_input():
+    from omnihuman_jax.train_step import draw_flow_noise
+
+    cfg = tiny_config(batch_size=4)
+    batch = random_batch(cfg, 4)
+    batch["motion_mask"][:, :2] = True  # latent frames 0 and 1 given as motion frames
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    rng = jax.random.key(3)
+    plain = draw_flow_noise(batch, rng, cfg, 1.0)
+    assert "_motion_noise" not in plain
+    cfg.flow.motion_noise = 0.5
+    aug = draw_flow_noise(batch, rng, cfg, 1.0)
+    np.testing.assert_array_equal(np.asarray(aug["_t"]), np.asarray(plain["_t"]))
+    np.testing.assert_array_equal(np.asarray(aug["_noise"]), np.asarray(plain["_noise"]))
+    sigma = np.asarray(aug["_motion_noise"]).std(axis=(1, 2, 3, 4))  # (B,) per-sample scale
+    assert np.all(sigma > 0) and np.all(sigma < 0.6) and np.ptp(sigma) > 0.01  # U(0, 0.5) per sample
+
+    model = build(cfg)
+    params = model.init(jax.random.key(0), sample_model_inputs(random_batch(cfg, 4)), jnp.zeros((4,)))[
+        "params"
+    ]
+    from tests.model_fixtures import randomize
+
+    params = randomize(params)  # live motion channels
+    loss_fn = make_loss_fn(model, cfg)
+    l_aug, _ = loss_fn(params, aug)
+    l_plain, _ = loss_fn(params, plain)
+    assert abs(float(l_aug) - float(l_plain)) > 1e-6  # the motion input changed
+    no_motion = {**aug, "condition_mask": aug["condition_mask"].at[:, 4].set(False)}
+    l_a, _ = loss_fn(params, no_motion)
+    l_p, _ = loss_fn(params, {**plain, "condition_mask": no_motion["condition_mask"]})
+    np.testing.assert_allclose(float(l_a), float(l_p), rtol=1e-6)  # nothing else changed
