@@ -122,6 +122,9 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
             "metrics.every_steps": 10,
             "metrics.tensorboard": False,
             "metrics.peak_flops_per_device": 1e11,
+            # Noise on the stacked motion latents: with model.motion_hold the DiT copies its motion
+            # frames, and without it 12-segment samples drift (static-region PSNR 25.6 -> 24.4 dB).
+            "flow.motion_noise": 0.5,
         }
     )
     cfg.stages = {
