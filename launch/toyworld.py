@@ -25,9 +25,11 @@ import os
 import subprocess
 import sys
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from typing import Any
 
+import ml_collections
 import numpy as np
 
 SAMPLE_MODES = ("audio", "pose")  # the main job's driving modes: audio only, then pose only
@@ -55,13 +57,16 @@ def run_cli(args: list[str], log_path: Path) -> None:
         )
 
 
-def overrides(pairs: Any) -> list[str]:
-    """(KEY, VALUE) pairs -> ['--config.KEY=VALUE', ...]."""
+def overrides(pairs: Any, prefix: str = "") -> list[str]:
+    """(KEY, VALUE) pairs -> ['--config.KEY=VALUE', ...]; a mapping VALUE gives KEY.SUBKEY flags."""
     out = []
     for key, value in pairs:
+        if isinstance(value, Mapping | ml_collections.ConfigDict):
+            out += overrides(value.items(), f"{prefix}{key}.")
+            continue
         if isinstance(value, tuple | list):
             value = "(" + ",".join(str(v) for v in value) + ("," if len(value) == 1 else "") + ")"
-        out.append(f"--config.{key}={value}")
+        out.append(f"--config.{prefix}{key}={value}")
     return out
 
 

@@ -62,6 +62,10 @@ def test_unknown_recipe_names_the_choices():
 def test_overrides_become_config_flags():
     flags = tw.overrides((("total_steps", 3), ("block_out_channels", (8, 8)), ("x", (4,))))
     assert flags == ["--config.total_steps=3", "--config.block_out_channels=(8,8)", "--config.x=(4,)"]
+    nested = get_config("smoke")  # a ConfigDict, as the recipe gives it
+    nested.vae.loss = {"motion_l1": 1.0, "kl": 0.0}
+    flags = tw.overrides(nested.vae.items())
+    assert "--config.loss.motion_l1=1.0" in flags and "--config.loss.kl=0.0" in flags
 
 
 @pytest.fixture(scope="module")
