@@ -61,6 +61,9 @@ def run_proof(cfg: Any, root: Path) -> tuple[dict[str, dict[str, float]], dict[s
         folder = tw.step_sample(cfg, root, run, vae, inputs, "audio", name)
         rows[f"5 pose ratio 0.{name[-1]}, audio-driven"] = tw.score(world, folder, fps)
     for label, schedule in (("constant", "constant"), ("annealed", "linear")):
+        if schedule == cfg.sampling.cfg_schedule:  # the same samples as row 1: score them, don't redraw
+            rows[f"6 CFG {label}, audio-driven"] = dict(rows["1 audio-driven"])
+            continue
         folder = tw.step_sample(
             cfg, root, main, vae, inputs, "audio", f"cfg_{label}", {"cfg_schedule": schedule}
         )
