@@ -130,6 +130,12 @@ def bar_plot(rows: dict[str, dict[str, float]], out_png: Path) -> None:
     img.save(out_png)
 
 
+def _ablation_steps(ablation: Any) -> str:
+    """', N steps' when an ablation overrides its stages' total_steps, else ''."""
+    steps = dict(ablation.overrides).get("total_steps")
+    return "" if steps is None else f", {steps} steps"
+
+
 def recipe_lines(cfg: Any, root: Path) -> list[str]:
     """What was trained, for how long, and the wall time of each step of the main job."""
     steps = {name: dict(pairs)["total_steps"] for name, pairs in cfg.stages.items()}
@@ -138,11 +144,13 @@ def recipe_lines(cfg: Any, root: Path) -> list[str]:
         f"- VAE: {cfg.vae.total_steps} steps ({cfg.vae.get('image_steps', 0)} on single frames first), "
         f"batch {cfg.vae.batch_size}, {cfg.vae.latent_channels} latent channels, on its own world of "
         f"{cfg.vae_world.num_identities} identities x one {cfg.vae_world.seconds} s clip (seed "
-        f"{cfg.vae_world.seed}; none of them held out or evaluated).",
+        f"{cfg.vae_world.seed}; none of them held out or evaluated)"
+        + "".join(f", loss.{k} {v}" for k, v in dict(cfg.vae.get("loss", {})).items())
+        + ".",
         f"- DiT: preset `{cfg.preset}`, batch {train['batch_size']}, lr {train['optimizer.lr']}; steps "
         + ", ".join(f"{k} {v}" for k, v in steps.items())
         + "; ablations: "
-        + ", ".join(f"{k} (stages {tuple(v.stages)})" for k, v in cfg.ablations.items())
+        + ", ".join(f"{k} (stages {tuple(v.stages)}{_ablation_steps(v)})" for k, v in cfg.ablations.items())
         + ".",
         f"- Sampling: {cfg.sampling.steps} Euler steps, audio CFG {cfg.sampling.cfg_audio} "
         f"({cfg.sampling.cfg_schedule} schedule unless stated).",

@@ -178,3 +178,13 @@ def test_recipe_lines_name_steps_reused_from_an_earlier_invocation(tmp_path):
     lines = lp.recipe_lines(get_config("smoke"), tmp_path)
     assert any("wall time" in line and "stage1 150.2" in line and "vae" not in line for line in lines)
     assert any("reused" in line and "world, vae" in line for line in lines)
+
+
+def test_recipe_lines_name_the_vae_loss_weights_and_the_sweep_steps(tmp_path):
+    from benchmarks import learning_proof as lp
+
+    cfg = get_config("proof")
+    vae_line, dit_line = lp.recipe_lines(cfg, tmp_path)[:2]
+    assert f"loss.motion_l1 {cfg.vae.loss.motion_l1}" in vae_line
+    sweep = dict(cfg.ablations.pose_02.overrides)["total_steps"]
+    assert f"pose_02 (stages (3,), {sweep} steps)" in dit_line and "no_audio (stages (2, 3))" in dit_line
