@@ -58,8 +58,8 @@ PRESETS: dict[str, dict] = {
             num_dual_blocks=2,
             num_single_blocks=2,
             patch_size=1,
-            # 16 latent channels, as HunyuanVideo's and Wan's VAEs have: with 4, one latent frame could
-            # not hold its 4 video frames' mouth openings (docs/learning_proof.md).
+            # 16 latent channels, as HunyuanVideo's and Wan's VAEs have; with them (and the VAE's
+            # motion-weighted loss) the toy VAE's round trip keeps the hands (docs/learning_proof.md).
             latent_channels=16,
             audio_hidden=128,
             pose_guider_channels=(16, 32),

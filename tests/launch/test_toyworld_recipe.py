@@ -188,3 +188,30 @@ def test_recipe_lines_name_the_vae_loss_weights_and_the_sweep_steps(tmp_path):
     assert f"loss.motion_l1 {cfg.vae.loss.motion_l1}" in vae_line
     sweep = dict(cfg.ablations.pose_02.overrides)["total_steps"]
     assert f"pose_02 (stages (3,), {sweep} steps)" in dit_line and "no_audio (stages (2, 3))" in dit_line
+
+
+def test_learning_proof_scores_row_1_for_the_cfg_schedule_it_already_sampled(tmp_path, monkeypatch):
+    from benchmarks import learning_proof as lp
+
+    cfg = get_config("smoke")
+    drawn = []
+
+    def fake_sample(cfg, root, ckpt, vae, inputs, mode, folder="", sampling=None):
+        drawn.append((folder or mode, (sampling or {}).get("cfg_schedule", cfg.sampling.cfg_schedule)))
+        return root / "samples" / (folder or mode)
+
+    def fake_score(world, folder, fps):
+        return {"sync": float(len(folder.name)), "psnr": 25.0}
+
+    monkeypatch.setattr(tw, "run_recipe", lambda cfg, root: None)
+    monkeypatch.setattr(tw, "eval_inputs", lambda world, root, n: [{"clip_id": "c0"}])
+    monkeypatch.setattr(tw, "score_truth", lambda world, ids, fps: {"sync": 1.0})
+    monkeypatch.setattr(tw, "step_sample", fake_sample)
+    monkeypatch.setattr(tw, "step_stage", lambda cfg, root, stage, data, vae, prev, name, extra: root / name)
+    monkeypatch.setattr(tw, "score", fake_score)
+    monkeypatch.setattr(lp, "score_vae_reconstruction", lambda world, vae, inputs, fps: {"sync": 0.5})
+    rows, _ = lp.run_proof(cfg, tmp_path)
+    schedules = [s for folder, s in drawn if folder == "audio" or folder.startswith("cfg_")]
+    assert schedules.count(cfg.sampling.cfg_schedule) == 1 and "constant" in schedules
+    assert rows["6 CFG annealed, audio-driven"] == rows["1 audio-driven"]
+    assert rows["6 CFG constant, audio-driven"] != rows["1 audio-driven"]
