@@ -155,6 +155,7 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             motion_frames=5,  # video frames given as motion frames (latent frames 0 and 1)
         )
     )
-    # diffusers-format VAE folder, and the video frames per chunk of online encoding (0: whole clip)
-    cfg.vae = ml_collections.ConfigDict(dict(path="", chunk_frames=0))
+    # diffusers-format VAE folder, the video frames per chunk of online encoding (0: whole clip), and the
+    # VAE's spatial compression (pixels per latent pixel; checked against the VAE folder when it is loaded)
+    cfg.vae = ml_collections.ConfigDict(dict(path="", chunk_frames=0, spatial_compression_ratio=8))
     return cfg

@@ -47,9 +47,10 @@ _TINY = dict(
 
 PRESETS: dict[str, dict] = {
     "tiny": _TINY,
-    # The toy world's model (configs/toyworld.py): tiny, wider and deeper, with patch 1, so each 8 x 8
-    # latent pixel of a 64 x 64 clip is its own token (the mouth and hands are a few pixels wide); 2.4M
-    # parameters.
+    # The toy world's model (configs/toyworld.py): tiny, wider and deeper. Its VAE compresses 4x
+    # spatially (16 x 16 latents for a 64 x 64 clip, so the mouth and hands, a few pixels wide, keep their
+    # own latent pixels) and the DiT patchifies 2 x 2, so each 8 x 8-pixel patch is one token, as with the
+    # usual 8x VAE and patch 1. 16 latent channels, as HunyuanVideo's and Wan's VAEs have.
     "toy": dict(
         model=dict(
             _TINY["model"],
@@ -57,15 +58,13 @@ PRESETS: dict[str, dict] = {
             num_heads=4,
             num_dual_blocks=2,
             num_single_blocks=2,
-            patch_size=1,
-            # 16 latent channels, as HunyuanVideo's and Wan's VAEs have; with them (and the VAE's
-            # motion-weighted loss) the toy VAE's round trip keeps the hands (docs/learning_proof.md).
+            patch_size=2,
             latent_channels=16,
             audio_hidden=128,
             pose_guider_channels=(16, 32),
             pose_feature_channels=8,
         ),
-        shape=dict(_TINY["shape"]),
+        shape=dict(_TINY["shape"], latent_height=16, latent_width=16),
     ),
     # The CPU benchmark shape, matched to the diffusers HunyuanVideo model in benchmarks/.
     "small": dict(

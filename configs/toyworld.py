@@ -12,7 +12,8 @@ Usage: `python -m launch.toyworld --workdir=W --recipe=quick|proof|smoke`; `get_
 
 Many identities with few clips each, rather than few with many, because both the VAE and the
 reference condition must generalise to unseen identities; overlapping training windows (stride one
-latent frame) multiply the clips cheaply. The model is the `toy` preset (patch 1, 2.4M parameters).
+latent frame) multiply the clips cheaply. The model is the `toy` preset (2.4M parameters; 2 x 2 patches of
+the latents of a VAE with 4x spatial compression).
 The VAE trains on its own world (`vae_world`): many more identities with one short clip each, drawn
 from another seed, so it holds none of the held-out identities. Trained on the main world's few
 identities instead, the VAE reconstructed held-out faces at 14-22 dB static-region PSNR against 25-32 dB
@@ -73,7 +74,9 @@ RECIPES = {
     ),
     "proof": dict(
         world=dict(num_identities=40, clips_per_identity=2, seconds=2.0, eval_identities=6),
-        vae=dict(total_steps=6700, image_steps=6000, batch_size=2),
+        # 4500 single-frame steps: the 4x VAE's image step costs about 1.4x the 8x VAE's, and it reached
+        # the 8x VAE's 3000-step L1 in 1500 steps.
+        vae=dict(total_steps=5200, image_steps=4500, batch_size=2),
         vae_world=dict(num_identities=240, seconds=1.0),
         steps=(500, 1200, 1000),
         sample_steps=20,
@@ -109,9 +112,11 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     # launch.train_vae --config overrides (its defaults: a (8, 16, 32, 32) VAE, whole 5-frame clips).
     # loss.motion_l1: the motion-weighted L1 (omnihuman_jax/vae_losses.py), so the mouth and hands, under
     # 1% of the pixels, count in the loss; without it round-tripped hands barely moved.
-    cfg.vae = dict(latent_channels=16, loss=dict(motion_l1=1.0), **r["vae"])
-    # launch.train overrides shared by all stages; the model is the toy preset (latent (3, 8, 8) x 16,
-    # patch 1).
+    # spatial_compression_ratio 4: with the usual 8x, single frames round-tripped through the trained VAE
+    # kept a quarter to half of the mouth's movement (docs/learning_proof.md, session 9).
+    cfg.vae = dict(latent_channels=16, spatial_compression_ratio=4, loss=dict(motion_l1=1.0), **r["vae"])
+    # launch.train overrides shared by all stages; the model is the toy preset (latent (3, 16, 16) x 16,
+    # patch 2).
     cfg.preset = "toy"
     cfg.train = _pairs(
         {
@@ -127,6 +132,7 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
             # Noise on the stacked motion latents: with model.motion_hold the DiT copies its motion
             # frames, and without it 12-segment samples drift (static-region PSNR 25.6 -> 24.4 dB).
             "flow.motion_noise": 0.5,
+            "vae.spatial_compression_ratio": cfg.vae.spatial_compression_ratio,
         }
     )
     cfg.stages = {

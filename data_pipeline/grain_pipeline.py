@@ -37,7 +37,6 @@ from data_pipeline.synthetic import local_batch_size
 
 log = logging.getLogger(__name__)
 
-VAE_SPATIAL_COMPRESSION = 8  # frames-only datasets: heatmaps at (H / 8 * s, W / 8 * s), as for latents
 _ENDLESS = sys.maxsize // 8
 _SKIPPED_KEY = "_skipped_records"
 
@@ -119,6 +118,8 @@ class _BatchLoader:
         self.text_len, self.text_dim = int(s.text_len), int(m.text_dim)
         self.audio_dims = (int(m.audio_layers), int(m.audio_dim))
         self.channels, self.scale = int(m.latent_channels), int(m.pose_heatmap_scale)
+        # Frames-only datasets: heatmaps at (H / r * s, W / r * s), as the online-encoded latents will be.
+        self.vae_ratio = int(config.get("vae", {}).get("spatial_compression_ratio", 8))
         self.batch_size = int(config.batch_size)
         self.local_batch = local_batch_size(self.batch_size, process[1])
         self.first_sample = process[0] * self.local_batch
@@ -175,7 +176,7 @@ class _BatchLoader:
             )
             i = int(candidates[ref_rng.integers(len(candidates))])
             out["frames"], out["ref_frame"] = frames, frames[i : i + 1].copy()  # (1, H, W, 3)
-            h, w = frames.shape[1] // VAE_SPATIAL_COMPRESSION, frames.shape[2] // VAE_SPATIAL_COMPRESSION
+            h, w = frames.shape[1] // self.vae_ratio, frames.shape[2] // self.vae_ratio
         else:
             r = int(ref_rng.integers(record["ref_latents"].shape[0]))
             out["latents"], out["ref_latents"] = record["latents"], record["ref_latents"][r : r + 1].copy()

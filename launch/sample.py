@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import functools
 import json
 import sys
 from pathlib import Path
@@ -72,7 +73,7 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cfg_floor", type=float, default=1.0, help="Scale reached on the last step (never above the start).")
     a("--fps", type=float, default=25.0, help="Output frame rate.")
     a("--segment_frames", type=int, help="Frames per segment, 1 + 4k; default: the training clip length.")
-    a("--pixel_budget", type=int, help="Bucket area in pixels; default: the training latent size x 8.")
+    a("--pixel_budget", type=int, help="Bucket area in pixels; default: the training latent size, in pixels.")
     a("--contact_frames", type=int, default=8, help="Frames on the PNG contact sheet.")
     a("--out", required=True, help="Output .mp4 path.")
     a("--overwrite", action="store_true", help="Replace existing outputs (refused otherwise).")
@@ -283,15 +284,17 @@ def validate(args: argparse.Namespace) -> Job:
         vae_cfg, vae_params = load_vae(_need_model_dir(vae_dir, "--vae"))
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise SampleError(f"--vae {vae_dir}: {e}") from e
-    if vae_cfg.latent_channels != dit.latent_channels or vae_cfg.spatial_compression_ratio != 8:
+    want_ratio = int(config.get("vae", {}).get("spatial_compression_ratio", 8))
+    r = vae_cfg.spatial_compression_ratio
+    if vae_cfg.latent_channels != dit.latent_channels or r != want_ratio:
         raise SampleError(
-            f"--vae {vae_dir} has latent_channels={vae_cfg.latent_channels} and "
-            f"{vae_cfg.spatial_compression_ratio}x spatial compression; the checkpoint needs "
-            f"model.latent_channels={dit.latent_channels} and 8x (the VAE it was trained with)"
+            f"--vae {vae_dir} has latent_channels={vae_cfg.latent_channels} and {r}x spatial "
+            f"compression; the checkpoint needs model.latent_channels={dit.latent_channels} and "
+            f"{want_ratio}x (vae.spatial_compression_ratio: the VAE it was trained with)"
         )
 
     shape = config.shape
-    budget = args.pixel_budget or (8 * shape.latent_height) * (8 * shape.latent_width)
+    budget = args.pixel_budget or (r * shape.latent_height) * (r * shape.latent_width)
     try:
         image, crop = load_image(image_path, budget)
     except ValueError as e:
@@ -327,9 +330,9 @@ def validate(args: argparse.Namespace) -> Job:
         n = covered_frames(plan)
         keypoints = kp[np.minimum(np.arange(n), kp.shape[0] - 1)]  # (N, 133, 3), last repeated
 
-    hw = (image.shape[0] // 8, image.shape[1] // 8)
-    if hw[0] % dit.patch_size or hw[1] % dit.patch_size:
-        raise SampleError(f"bucket {image.shape[:2]} is not divisible by 8 x patch {dit.patch_size}")
+    hw = (image.shape[0] // r, image.shape[1] // r)
+    if image.shape[0] % (r * dit.patch_size) or image.shape[1] % (r * dit.patch_size):
+        raise SampleError(f"bucket {image.shape[:2]} is not divisible by {r} x patch {dit.patch_size}")
     check_params(dit, params, plan, hw, int(shape.text_len))
     frontend = _frontend(args, config.model)
     tokens = plan[0].latent_frames * (hw[0] // dit.patch_size) * (hw[1] // dit.patch_size)
@@ -389,8 +392,12 @@ def run(job: Job) -> None:
 
     args, dit, plan = job.args, job.dit, job.plan
     vae_cfg, vae_params = job.vae_cfg, job.vae_params
-    encode = jax.jit(lambda x: encode_video(vae_cfg, vae_params, x))
-    decode = jax.jit(lambda z: decode_latents(vae_cfg, vae_params, z))
+    # The VAE params are arguments, not closed-over constants: the compiled programs stay small and a
+    # persistent compilation cache (JAX_COMPILATION_CACHE_DIR) can reuse them across checkpoints.
+    encode_jit = jax.jit(functools.partial(encode_video, vae_cfg))
+    decode_jit = jax.jit(functools.partial(decode_latents, vae_cfg))
+    encode = lambda x: encode_jit(vae_params, x)  # noqa: E731
+    decode = lambda z: decode_jit(vae_params, z)  # noqa: E731
     to_unit = lambda frames: frames_to_unit_range(jnp.asarray(frames)[None])  # noqa: E731
 
     ref_latents = np.asarray(encode(to_unit(job.image[None])))  # (1, 1, h, w, C)

@@ -40,10 +40,22 @@ def _log(msg: str) -> None:
     print(f"[toyworld] {msg}", flush=True)
 
 
-def run_cli(args: list[str], log_path: Path) -> None:
-    """Runs `python -m ...` with output appended to log_path; a failure raises with the log's tail."""
+def run_cli(args: list[str], root: Path, log_name: str) -> None:
+    """Runs `python -m ...` with output appended to ROOT/logs/LOG_NAME; a failure raises with the log's tail.
+
+    Every step shares JAX's persistent compilation cache in ROOT/jax_cache: the recipe's many sampling
+    and training processes compile the same programs (same shapes, other params), and a cache hit skips
+    the compile (a sampled clip: about 37 s -> 22 s on 2 CPU cores).
+    """
+    log_path = root / "logs" / log_name
     log_path.parent.mkdir(parents=True, exist_ok=True)
-    env = dict(os.environ, PYTHONUNBUFFERED="1")
+    env = dict(
+        os.environ,
+        PYTHONUNBUFFERED="1",
+        JAX_COMPILATION_CACHE_DIR=str(root / "jax_cache"),
+        JAX_PERSISTENT_CACHE_MIN_COMPILE_TIME_SECS="0",
+        JAX_PERSISTENT_CACHE_MIN_ENTRY_SIZE_BYTES="0",
+    )
     with open(log_path, "a") as log:
         log.write(f"$ {' '.join(args)}\n")
         log.flush()
@@ -80,7 +92,7 @@ def step_world(cfg: Any, root: Path, name: str = "world") -> Path:
     for key in ("num_identities", "clips_per_identity", "seed", "height", "width", "fps", "seconds",
                 "eval_identities", "audio_clean_rate", "pose_clean_rate", "camera_motion_rate"):  # fmt: skip
         args += [f"--{key}", str(w[key])]
-    run_cli(args, root / "logs" / f"{name}.log")
+    run_cli(args, root, f"{name}.log")
     return world
 
 
@@ -102,7 +114,7 @@ def step_build(cfg: Any, root: Path, world: Path, name: str, vae: Path | None) -
     ]  # fmt: skip
     if vae is not None:
         args += ["--vae", str(vae)]
-    run_cli(args, root / "logs" / f"{name}.log")
+    run_cli(args, root, f"{name}.log")
     return data_dir
 
 
@@ -111,7 +123,7 @@ def step_vae(cfg: Any, root: Path, frames_dir: Path) -> Path:
     if (vae / "config.json").is_file():
         return vae
     args = ["launch.train_vae", f"--data_dir={frames_dir}", f"--workdir={root / 'vae_train'}", f"--out={vae}"]
-    run_cli(args + overrides(cfg.vae.items()), root / "logs" / "vae.log")
+    run_cli(args + overrides(cfg.vae.items()), root, "vae.log")
     return vae
 
 
@@ -138,7 +150,7 @@ def step_stage(
     ]  # fmt: skip
     if init_from is not None:
         args.append(f"--config.checkpoint.init_from={init_from}")
-    run_cli(args + overrides(cfg.train) + overrides(stage_pairs.items()), root / "logs" / f"{name}.log")
+    run_cli(args + overrides(cfg.train) + overrides(stage_pairs.items()), root, f"{name}.log")
     return workdir
 
 
@@ -194,7 +206,7 @@ def step_sample(
         ]  # fmt: skip
         if mode in ("pose", "combined"):
             args += ["--pose", str(item["pose"])]
-        run_cli(args, root / "logs" / f"sample_{folder or mode}.log")
+        run_cli(args, root, f"sample_{folder or mode}.log")
     return out_dir
 
 

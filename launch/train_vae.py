@@ -48,6 +48,10 @@ def default_config() -> ml_collections.ConfigDict:
             causal_inflation=True,
             crop_size=0,  # square spatial crop (a multiple of 8; 0: whole frames); the VAE is convolutional
             block_out_channels=(8, 16, 32, 32),
+            # Spatial halvings go in the first log2(ratio) blocks: 8 (the usual video-VAE ratio) or 4,
+            # which gives a 64x64 frame a 16x16 latent so that features a few pixels wide keep their own
+            # latent pixels.
+            spatial_compression_ratio=8,
             layers_per_block=1,
             latent_channels=4,
             norm_num_groups=4,
@@ -180,6 +184,7 @@ def vae_config_from(config: Any):
         layers_per_block=config.layers_per_block,
         norm_num_groups=config.norm_num_groups,
         mid_block_add_attention=config.mid_block_add_attention,
+        spatial_compression_ratio=config.spatial_compression_ratio,
         scaling_factor=1.0,
     )
 

@@ -6,6 +6,8 @@ ratio. A ratio order that breaks it (text >= reference >= audio >= pose) is repo
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 from omnihuman_jax.conditions import CONDITIONS
@@ -90,4 +92,20 @@ def validate_config(config: Any) -> list[str]:
         "shape",
         f"latent height/width must be multiples of model.patch_size={p}",
     )
+    _check_vae(config.get("vae", {}))
     return principle2_warnings(config.condition_ratios)
+
+
+def _check_vae(vae: Any) -> None:
+    """vae.spatial_compression_ratio is a power of two and, with vae.path set, the VAE folder's own."""
+    r = int(vae.get("spatial_compression_ratio", 8))
+    _require(r >= 1 and r & (r - 1) == 0, "vae.spatial_compression_ratio", f"{r} is not a power of 2")
+    path = Path(str(vae.get("path", "") or "")) / "config.json"
+    if not vae.get("path") or not path.is_file():
+        return  # no VAE, or one the data path reports when it needs it
+    got = int(json.loads(path.read_text()).get("spatial_compression_ratio", 8))
+    _require(
+        got == r,
+        "vae.spatial_compression_ratio",
+        f"{r}, but the VAE in vae.path={vae.path} compresses {got}x; set it to {got}",
+    )

@@ -30,7 +30,7 @@ def _to_unit_range(frames: np.ndarray) -> np.ndarray:
 class _Encoder:
     """The configured VAE, loaded on first use, with one jitted encode over (params, frames)."""
 
-    def __init__(self, path: str, chunk_frames: int | None):
+    def __init__(self, path: str, chunk_frames: int | None, spatial_ratio: int):
         if not path:
             raise ValueError(
                 "the dataset stores frames, not latents: set --config.vae.path to a VAE folder "
@@ -40,6 +40,12 @@ class _Encoder:
         from omnihuman_jax.models.vae import encode_video
 
         self.cfg, self.params = load_vae(path)
+        if self.cfg.spatial_compression_ratio != spatial_ratio:
+            raise ValueError(
+                f"vae.path {path} compresses {self.cfg.spatial_compression_ratio}x spatially but "
+                f"vae.spatial_compression_ratio={spatial_ratio} (the pose heatmaps are sized by it); "
+                "set it to the VAE's ratio"
+            )
         encode = functools.partial(encode_video, self.cfg, chunk_frames=chunk_frames)
         # Chunked encoding loops in Python (bounded memory per chunk), so only the whole-clip path is jitted.
         self._encode = encode if chunk_frames else jax.jit(encode)
@@ -62,7 +68,8 @@ def make_batch_preprocessor(config: Any) -> Callable[[Batch], Batch]:
         if "frames" not in batch:
             return batch
         if "encoder" not in state:
-            state["encoder"] = _Encoder(config.vae.path, chunk_frames)
+            ratio = int(config.vae.get("spatial_compression_ratio", 8))
+            state["encoder"] = _Encoder(config.vae.path, chunk_frames, ratio)
         encode = state["encoder"]
         out = dict(batch)
         out["latents"] = encode(out.pop("frames"))  # (B, T, h, w, C)

@@ -20,7 +20,9 @@ def test_recipe_data_shapes_match_the_model_preset(recipe):
     base = get_base_config(3, cfg.preset)
     assert cfg.data.clip_frames == 1 + 4 * (base.shape.latent_frames - 1)
     assert (cfg.data.mel_groups, cfg.data.mel_bins) == (base.model.audio_layers, base.model.audio_dim)
-    assert cfg.world.height == 8 * base.shape.latent_height and cfg.world.width == 8 * base.shape.latent_width
+    r = cfg.vae.spatial_compression_ratio
+    assert cfg.world.height == r * base.shape.latent_height and cfg.world.width == r * base.shape.latent_width
+    assert dict(cfg.train)["vae.spatial_compression_ratio"] == r  # the stages check the VAE they load
     assert cfg.data.pixel_budget == cfg.world.height * cfg.world.width
     assert cfg.vae.latent_channels == base.model.latent_channels
     assert cfg.world.seconds * cfg.world.fps >= cfg.data.clip_frames
@@ -102,8 +104,8 @@ def test_eval_inputs_come_from_held_out_identities_only(tiny_world):
 
 def test_failed_step_raises_with_the_log_tail(tmp_path):
     with pytest.raises(RuntimeError, match="failed with status"):
-        tw.run_cli(["data_pipeline.toyworld.generate", "--num_identities", "0"], tmp_path / "bad.log")
-    assert "usage" in (tmp_path / "bad.log").read_text()
+        tw.run_cli(["data_pipeline.toyworld.generate", "--num_identities", "0"], tmp_path, "bad.log")
+    assert "usage" in (tmp_path / "logs" / "bad.log").read_text()
 
 
 def _held_out_clip_id(root) -> str:

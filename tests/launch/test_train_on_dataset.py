@@ -293,3 +293,38 @@ def test_frames_only_dataset_without_a_vae_path_names_the_missing_flag(built):
     cfg, batch = _frames_batch(built, [True, True])
     with pytest.raises(ValueError, match="config.vae.path"):
         make_batch_preprocessor(cfg)(batch)
+
+
+def test_vae_ratio_that_differs_from_the_vae_folder_is_a_config_error_naming_both(built):
+    from configs.base import get_base_config
+    from omnihuman_jax.config_checks import ConfigError, validate_config
+    from omnihuman_jax.latent_encoding import make_batch_preprocessor
+
+    cfg = get_base_config(3, "tiny")
+    cfg.vae.path = str(built["vae"])
+    validate_config(cfg)  # the test VAE compresses 8x, the default
+    cfg.vae.spatial_compression_ratio = 4
+    with pytest.raises(ConfigError, match=r"vae.spatial_compression_ratio.*compresses 8x"):
+        validate_config(cfg)
+    cfg.vae.spatial_compression_ratio = 3
+    with pytest.raises(ConfigError, match="not a power of 2"):
+        validate_config(cfg)
+    cfg, batch = _frames_batch(built, [True, True])
+    cfg.vae.path, cfg.vae.spatial_compression_ratio = str(built["vae"]), 4
+    with pytest.raises(ValueError, match="compresses 8x spatially"):
+        make_batch_preprocessor(cfg)(batch)
+
+
+def test_frames_only_pose_heatmaps_follow_the_configured_vae_ratio(built):
+    from configs.base import get_base_config
+    from data_pipeline import grain_pipeline
+
+    sizes = {}
+    for ratio in (8, 4):
+        cfg = get_base_config(3, "tiny")
+        cfg.data.dir, cfg.batch_size, cfg.vae.spatial_compression_ratio = str(built["frames"]), 1, ratio
+        it = grain_pipeline.make_train_iterator(cfg)
+        sizes[ratio] = next(it)["pose_heatmaps"].shape[2:4]
+        it.close()
+    s = cfg.model.pose_heatmap_scale
+    assert sizes[8] == (SIDE // 8 * s, SIDE // 8 * s) and sizes[4] == (SIDE // 4 * s, SIDE // 4 * s)
