@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import subprocess
@@ -62,6 +63,8 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     save_vae(str(root / "vae"), vae_cfg, init_vae(vae_cfg, jax.random.key(1)))
     wrong = VAEConfig(latent_channels=8, block_out_channels=(8, 8, 8), layers_per_block=1, norm_num_groups=2)
     save_vae(str(root / "vae8"), wrong, init_vae(wrong, jax.random.key(1)))
+    ratio4 = dataclasses.replace(vae_cfg, spatial_compression_ratio=4)  # the run was trained with 8x
+    save_vae(str(root / "vae_4x"), ratio4, init_vae(ratio4, jax.random.key(1)))
 
     rng = np.random.default_rng(0)
     Image.fromarray(rng.integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(root / "square.png")
@@ -127,6 +130,7 @@ def test_cli_writes_an_mp4_with_audio_at_the_audio_length_and_the_image_bucket(a
         ({"--checkpoint": "bad_run"}, "do not match its model config"),
         ({"--checkpoint": "nowhere"}, "does not exist"),
         ({"--vae": "vae8"}, "latent_channels=8"),
+        ({"--vae": "vae_4x"}, "4x spatial compression; the checkpoint needs .* and 8x"),
         ({"--mel_bins": "80"}, "trained on"),
         ({"--segment_frames": "10"}, "1 \\+ 4k"),
     ],
