@@ -105,6 +105,9 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             grad_clip=1.0,
             ema_decay=0.999,
             grad_accum_steps=1,
+            # "REGEX=MULT,...": parameters whose path ('transformer_blocks_0/audio_attn/to_out/kernel')
+            # contains REGEX train at MULT x the rate, e.g. "audio_=10" for the audio modules a stage adds.
+            lr_multipliers="",
         )
     )
 

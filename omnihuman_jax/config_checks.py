@@ -13,6 +13,7 @@ from typing import Any
 from omnihuman_jax.conditions import CONDITIONS
 from omnihuman_jax.models.dit import DiTConfig
 from omnihuman_jax.sharding import MESH_AXES
+from omnihuman_jax.train_state import parse_lr_multipliers
 
 MOTION_ORDER = ("text", "reference", "audio", "pose")  # weakest to strongest motion condition
 
@@ -79,6 +80,10 @@ def validate_config(config: Any) -> list[str]:
     _require(
         set(config.mesh) == set(MESH_AXES), "mesh", f"axes must be {MESH_AXES}, got {sorted(config.mesh)}"
     )
+    try:
+        parse_lr_multipliers(config.optimizer.get("lr_multipliers", ""))
+    except ValueError as e:
+        raise ConfigError(f"config.optimizer.lr_multipliers: {e}") from e
     _require(config.checkpoint.every_steps > 0, "checkpoint.every_steps", "must be positive")
     _require(config.metrics.every_steps > 0, "metrics.every_steps", "must be positive")
     _require(config.flow.logit_std > 0, "flow.logit_std", "must be positive")

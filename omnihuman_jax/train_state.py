@@ -1,12 +1,16 @@
 """Train state, optimiser and sharded initialisation.
 
 optax AdamW with linear warmup then cosine decay and global-norm clipping; an EMA of the parameters;
-fp32 master parameters. The state is initialised under `jax.jit` with out_shardings taken from the
-parameters' logical axis names, so no device ever holds an unsharded copy.
+fp32 master parameters; optional per-parameter learning-rate multipliers (`optimizer.lr_multipliers`),
+as fine-tuning recipes give modules that are new to a pretrained base (OmniHuman's audio and pose
+modules, zero-initialised on top of the earlier stage) a higher rate than the base.
+The state is initialised under `jax.jit` with out_shardings taken from the parameters' logical axis
+names, so no device ever holds an unsharded copy.
 """
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 import flax.linen as nn
@@ -57,6 +61,48 @@ def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformati
             mask=_decay_mask,
         ),
     )
+
+
+def parse_lr_multipliers(spec: str) -> list[tuple[str, float]]:
+    """`"REGEX=MULT,REGEX=MULT"` -> [(REGEX, MULT), ...]; "" -> []. Raises ValueError on a bad entry."""
+    rules = []
+    for entry in filter(None, (e.strip() for e in str(spec or "").split(","))):
+        pattern, sep, value = entry.rpartition("=")
+        try:
+            mult = float(value)
+            re.compile(pattern)
+        except (ValueError, re.error) as e:
+            raise ValueError(f"{entry!r} is not REGEX=MULTIPLIER ({e})") from e
+        if not sep or not pattern:
+            raise ValueError(f"{entry!r} is not REGEX=MULTIPLIER (for example audio_=10)")
+        if not mult > 0:
+            raise ValueError(f"{entry!r}: the multiplier must be positive")
+        rules.append((pattern, mult))
+    return rules
+
+
+def param_path(path: tuple) -> str:
+    """A tree path as 'a/b/c', the form `lr_multipliers` patterns are searched in."""
+    return "/".join(str(getattr(k, "key", getattr(k, "idx", k))) for k in path)
+
+
+def lr_multiplier_tree(params: Any, spec: str) -> Any | None:
+    """A pytree of floats like `params`: the first rule whose regex is found in a parameter's path gives its
+    multiplier, 1 otherwise. None when `spec` is empty. A rule that matches no parameter raises ValueError
+    (a typo would otherwise train at the base rate unnoticed)."""
+    rules = parse_lr_multipliers(spec)
+    if not rules:
+        return None
+    paths = [param_path(p) for p, _ in jax.tree_util.tree_flatten_with_path(params)[0]]
+    for pattern, _ in rules:
+        if not any(re.search(pattern, p) for p in paths):
+            raise ValueError(f"{pattern!r} matches no parameter path (paths look like {paths[0]!r})")
+
+    def mult(path, _):
+        name = param_path(path)
+        return next((m for pattern, m in rules if re.search(pattern, name)), 1.0)
+
+    return jax.tree_util.tree_map_with_path(mult, params)
 
 
 def init_train_state(

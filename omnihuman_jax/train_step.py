@@ -19,7 +19,7 @@ from jax.sharding import Mesh
 from omnihuman_jax import flow_matching as fm
 from omnihuman_jax import sharding as shd
 from omnihuman_jax.conditions import INDEX, model_inputs
-from omnihuman_jax.train_state import TrainState
+from omnihuman_jax.train_state import TrainState, lr_multiplier_tree
 
 Batch = dict[str, jax.Array]
 
@@ -120,6 +120,11 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+        # Per-parameter rate multipliers scale the final updates (weight decay included), which is a
+        # per-parameter learning rate; the optimizer state is the same with or without them.
+        mult = lr_multiplier_tree(state.params, config.optimizer.get("lr_multipliers", ""))
+        if mult is not None:
+            updates = jax.tree.map(lambda u, m: u * m, updates, mult)
         new_params = optax.apply_updates(state.params, updates)
         new_ema = jax.tree.map(
             lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params

@@ -28,12 +28,18 @@ from omnihuman_jax import checkpointing as ckpt_lib
 from omnihuman_jax import flops as flops_lib
 from omnihuman_jax import sharding as shd
 from omnihuman_jax.batch import sample_model_inputs, zeros_batch
-from omnihuman_jax.config_checks import validate_config
+from omnihuman_jax.config_checks import ConfigError, validate_config
 from omnihuman_jax.flow_matching import resolution_shift
 from omnihuman_jax.latent_encoding import make_batch_preprocessor
 from omnihuman_jax.metrics import MetricWriter, bucket_losses, measure_matmul_peak
 from omnihuman_jax.models.dit import DiTConfig, OmniHumanDiT
-from omnihuman_jax.train_state import abstract_state, init_train_state, lr_schedule, make_optimizer
+from omnihuman_jax.train_state import (
+    abstract_state,
+    init_train_state,
+    lr_multiplier_tree,
+    lr_schedule,
+    make_optimizer,
+)
 from omnihuman_jax.train_step import jit_train_step, make_train_step
 
 log = logging.getLogger(__name__)
@@ -215,6 +221,10 @@ def _train(config: Any, workdir: str, make_source: SourceFactory, stop: _StopSig
     state, shardings = init_train_state(
         model, optimizer, sample_model_inputs(example), config.seed, mesh, rules
     )
+    try:  # a pattern that matches no parameter fails here, before any data is read
+        lr_multiplier_tree(state.params, config.optimizer.get("lr_multipliers", ""))
+    except ValueError as e:
+        raise ConfigError(f"config.optimizer.lr_multipliers: {e}") from e
     pidx, pcount = jax.process_index(), jax.process_count()
     source = make_source(config, pidx, pcount)
     ckpt = ckpt_lib.Checkpointer(

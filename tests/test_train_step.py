@@ -1,14 +1,23 @@
-"""The sharded train step: 8 devices equal 1, params sharded per the rules, overfitting, NaN guard."""
+"""The sharded train step: 8 devices equal 1, params sharded per the rules, overfitting, NaN guard,
+per-parameter learning-rate multipliers."""
 
 from __future__ import annotations
 
 import jax
 import numpy as np
+import pytest
 from jax.sharding import PartitionSpec
 
 from omnihuman_jax import sharding as shd
 from omnihuman_jax.batch import sample_model_inputs
-from omnihuman_jax.train_state import init_train_state, lr_schedule, make_optimizer
+from omnihuman_jax.config_checks import ConfigError, validate_config
+from omnihuman_jax.train_state import (
+    init_train_state,
+    lr_multiplier_tree,
+    lr_schedule,
+    make_optimizer,
+    param_path,
+)
 from omnihuman_jax.train_step import jit_train_step, make_train_step
 from tests.model_fixtures import build, random_batch, tiny_config
 
@@ -103,3 +112,55 @@ def test_grad_accumulation_equals_full_batch_step():
     np.testing.assert_allclose(lk, l1, rtol=1e-5)
     for a, b in zip(jax.tree.leaves(sk.params), jax.tree.leaves(s1.params), strict=True):
         np.testing.assert_allclose(np.asarray(a), np.asarray(b), atol=0.05 * 1e-3, rtol=0)  # 5% of an update
+
+
+def test_lr_multipliers_scale_only_the_updates_of_matching_params():
+    """`audio_=10`: one step moves every audio-module parameter 10x as far as without it, the rest alike."""
+    base = dict(batch_size=2, **{"optimizer.warmup_steps": 0, "optimizer.lr": 1e-3})
+    one = dict(data=1, fsdp=1, tensor=1)
+    _, init, _, _ = _setup(tiny_config(**base), jax.devices()[:1], one)
+    init = jax.tree.map(np.asarray, init.params)  # _run donates its state, so keep a host copy
+    plain, _ = _run(tiny_config(**base), jax.devices()[:1], one, 1)
+    fast, _ = _run(
+        tiny_config(**base, **{"optimizer.lr_multipliers": "audio_=10"}), jax.devices()[:1], one, 1
+    )
+    flat = jax.tree_util.tree_flatten_with_path(init)[0]
+    matched = 0
+    for (path, p0), a, b in zip(
+        flat, jax.tree.leaves(plain.params), jax.tree.leaves(fast.params), strict=True
+    ):
+        name = param_path(path)
+        d_plain, d_fast = np.asarray(a) - p0, np.asarray(b) - p0
+        if "audio_" in name:
+            matched += 1
+            # atol: the rounding of p0 + update, an ulp of p0 in each run and 10x in the scaled one
+            ulp = np.spacing(np.abs(p0).astype(np.float32))
+            np.testing.assert_allclose(
+                d_fast, 10.0 * d_plain, rtol=1e-4, atol=float(12 * ulp.max()), err_msg=name
+            )
+        else:
+            np.testing.assert_array_equal(d_fast, d_plain, err_msg=name)
+    assert matched >= 4  # the projector and each block's cross-attention
+    moved = [
+        np.abs(np.asarray(a) - p0).max()
+        for (_, p0), a in zip(flat, jax.tree.leaves(plain.params), strict=True)
+    ]
+    assert max(moved) > 0
+
+
+@pytest.mark.parametrize(
+    "spec, message",
+    [("audio_", "REGEX=MULTIPLIER"), ("audio_=0", "must be positive"), ("audio_=fast", "REGEX=MULTIPLIER")],
+)
+def test_bad_lr_multipliers_fail_at_start_naming_the_key(spec, message):
+    with pytest.raises(ConfigError, match=f"optimizer.lr_multipliers: .*{message}"):
+        validate_config(tiny_config(**{"optimizer.lr_multipliers": spec}))
+
+
+def test_lr_multiplier_pattern_that_matches_no_parameter_is_an_error():
+    params = {"transformer_blocks_0": {"audio_attn": {"to_out": {"kernel": np.zeros((2, 2))}}}}
+    tree = lr_multiplier_tree(params, "audio_attn=3, to_out=5")  # the first matching rule wins
+    assert tree["transformer_blocks_0"]["audio_attn"]["to_out"]["kernel"] == 3.0
+    assert lr_multiplier_tree(params, "") is None
+    with pytest.raises(ValueError, match="'pose_guider' matches no parameter path"):
+        lr_multiplier_tree(params, "pose_guider=10")
