@@ -44,12 +44,13 @@ def main(argv: list[str]) -> int:
     from launch.distributed import maybe_initialize_distributed
 
     maybe_initialize_distributed()
+    from omnihuman_jax.checkpointing import CheckpointError
     from omnihuman_jax.config_checks import ConfigError
     from omnihuman_jax.trainer import NonFiniteError, train
 
     try:
         result = train(FLAGS.config, FLAGS.workdir, make_source)
-    except (ConfigError, NonFiniteError) as e:
+    except (ConfigError, NonFiniteError, CheckpointError) as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     print(f"finished at step {result.step}" + (" (preempted)" if result.preempted else ""), flush=True)

@@ -190,7 +190,17 @@ def vae_config_from(config: Any):
 
 
 def train_vae(config: Any, data_dir: str, workdir: str, out: str = "") -> dict[str, Any]:
-    """Trains (or resumes) to `config.total_steps`, exports the VAE, returns the last metrics."""
+    """Trains (or resumes) to `config.total_steps`, exports the VAE, returns the last metrics.
+
+    One job at a time holds WORKDIR (checkpointing.workdir_lock); a second fails with CheckpointError.
+    """
+    from omnihuman_jax.checkpointing import workdir_lock
+
+    with workdir_lock(workdir):
+        return _train_vae(config, data_dir, workdir, out)
+
+
+def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, Any]:
     import jax
 
     from omnihuman_jax import sharding as shd
@@ -279,7 +289,13 @@ def main(argv: list[str]) -> int:
     if not FLAGS.data_dir or not FLAGS.workdir:
         print("error: --data_dir and --workdir are required (see --help)", file=sys.stderr)
         return 2
-    train_vae(FLAGS.config, FLAGS.data_dir, FLAGS.workdir, FLAGS.out)
+    from omnihuman_jax.checkpointing import CheckpointError
+
+    try:
+        train_vae(FLAGS.config, FLAGS.data_dir, FLAGS.workdir, FLAGS.out)
+    except CheckpointError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
     return 0
 
 

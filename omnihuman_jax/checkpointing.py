@@ -7,14 +7,20 @@ goes onto abstract arrays that carry the current mesh's shardings, which reshard
 on any other mesh. A step that fails to restore (a truncated or damaged file) is moved aside, never
 deleted, and the previous step is used; a step written by another model config is an error, not damage.
 A later training stage can initialise from an earlier stage's params where names and shapes match; new
-condition modules keep their zero-init. Design: orbax's CheckpointManager and preemption sync point.
+condition modules keep their zero-init. One training job at a time holds a workdir (`workdir_lock`): a
+second job started on it by mistake would write the same step folders and break both runs' saves.
+Design: orbax's CheckpointManager and preemption sync point.
 """
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
 import logging
 import os
 import shutil
+import socket
+from collections.abc import Iterator
 from typing import Any
 
 import jax
@@ -24,6 +30,7 @@ import orbax.checkpoint as ocp
 log = logging.getLogger(__name__)
 
 
+LOCK_NAME = ".train.lock"  # flock'ed by the job that trains in a workdir; the OS drops it when the job dies
 TMP_SUFFIX = ".orbax-checkpoint-tmp"  # orbax's marker of a step folder whose save never committed
 DAMAGED_PREFIX = "damaged_step_"
 
@@ -34,6 +41,42 @@ def checkpoint_dir(workdir: str) -> str:
 
 class CheckpointError(RuntimeError):
     pass
+
+
+@contextlib.contextmanager
+def workdir_lock(workdir: str) -> Iterator[None]:
+    """Holds an exclusive lock on WORKDIR/.train.lock for one training job (its primary process).
+
+    A second job on the same workdir fails at once with CheckpointError naming the holder. The lock is an
+    flock, so a killed job leaves no stale lock behind. Other processes of a multi-host job share the
+    primary's workdir and take no lock.
+    """
+    if not _is_primary():
+        yield
+        return
+    os.makedirs(workdir, exist_ok=True)
+    path = os.path.join(workdir, LOCK_NAME)
+    f = open(path, "a+")  # held open, and locked, for the whole job
+    try:
+        fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        f.seek(0)
+        holder = f.read().strip() or "a process that did not say"
+        f.close()
+        raise CheckpointError(
+            f"{os.path.abspath(workdir)} is in use by another training job ({holder}); two jobs writing one "
+            "checkpoint folder break each other's saves: wait for it to finish, stop it, or pick another "
+            "--workdir"
+        ) from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"pid {os.getpid()} on {socket.gethostname()}\n")
+    f.flush()
+    try:
+        yield
+    finally:
+        fcntl.flock(f, fcntl.LOCK_UN)
+        f.close()
 
 
 def incomplete_saves(directory: str) -> list[str]:

@@ -200,7 +200,7 @@ def train(config: Any, workdir: str, make_source: SourceFactory) -> TrainResult:
 
     Signal handlers are installed first, so SIGTERM / SIGINT during start-up also end the run cleanly.
     """
-    with _StopSignal(single_process=jax.process_count() == 1) as stop:
+    with ckpt_lib.workdir_lock(workdir), _StopSignal(single_process=jax.process_count() == 1) as stop:
         return _train(config, workdir, make_source, stop)
 
 
