@@ -34,6 +34,8 @@ TARGETS = (
     ("sync", ">=", 0.9, "ground truth"),
     ("pose_err_px", "<=", 1.0, "ground truth"),
 )
+# Training flags of the recipe named in the report besides batch and lr (the bookkeeping ones are not).
+RECIPE_FLAG_PREFIXES = ("flow.", "optimizer.lr_multipliers", "optimizer.ema_decay")
 
 
 def run_proof(cfg: Any, root: Path) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
@@ -147,7 +149,9 @@ def recipe_lines(cfg: Any, root: Path) -> list[str]:
         f"{cfg.vae_world.seed}; none of them held out or evaluated)"
         + "".join(f", loss.{k} {v}" for k, v in dict(cfg.vae.get("loss", {})).items())
         + ".",
-        f"- DiT: preset `{cfg.preset}`, batch {train['batch_size']}, lr {train['optimizer.lr']}; steps "
+        f"- DiT: preset `{cfg.preset}`, batch {train['batch_size']}, lr {train['optimizer.lr']}"
+        + "".join(f", {k} {v}" for k, v in train.items() if k.startswith(RECIPE_FLAG_PREFIXES))
+        + "; steps "
         + ", ".join(f"{k} {v}" for k, v in steps.items())
         + "; ablations: "
         + ", ".join(f"{k} (stages {tuple(v.stages)}{_ablation_steps(v)})" for k, v in cfg.ablations.items())
