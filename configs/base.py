@@ -88,6 +88,9 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             loss_weighting="none",  # none | cosmap
             motion_weight=0.0,  # > 0: weight latent positions by their change over time (flow_matching)
             motion_noise=0.0,  # > 0: max sigma of Gaussian noise on the stacked motion latents in training
+            # > 0: the loss weight of latent positions in the mouth region is 1 + lip_weight (the batch then
+            # carries `lip_mask`, from the clips' mouth landmarks; clips without keypoints weight nothing)
+            lip_weight=0.0,
             num_timestep_buckets=4,
         )
     )

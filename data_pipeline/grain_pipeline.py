@@ -120,6 +120,7 @@ class _BatchLoader:
         self.channels, self.scale = int(m.latent_channels), int(m.pose_heatmap_scale)
         # Frames-only datasets: heatmaps at (H / r * s, W / r * s), as the online-encoded latents will be.
         self.vae_ratio = int(config.get("vae", {}).get("spatial_compression_ratio", 8))
+        self.lip_mask = float(config.get("flow", {}).get("lip_weight", 0.0)) > 0
         self.batch_size = int(config.batch_size)
         self.local_batch = local_batch_size(self.batch_size, process[1])
         self.first_sample = process[0] * self.local_batch
@@ -198,6 +199,11 @@ class _BatchLoader:
             out["pose_heatmaps"] = heatmaps.render_heatmaps(record["keypoints"], *hm_size)
         else:
             out["pose_heatmaps"] = np.zeros((num_frames, *hm_size, heatmaps.NUM_CHANNELS), np.float32)
+        if self.lip_mask:  # from the landmarks whether or not pose is a condition of this sample
+            kp = record["keypoints"]
+            out["lip_mask"] = (
+                heatmaps.mouth_mask(kp, h, w) if kp.shape[0] else np.zeros((t, h, w), np.float32)
+            )
         out["motion_mask"], out["condition_mask"] = np.zeros(t, bool), mask
         masking.apply_condition_mask(out, mask, self.motion_frames)
         return out

@@ -5,6 +5,9 @@ docs/design.md: the 17 body joints one channel each, then feet (6 points), face 
 right hand (21). A keypoint adds a Gaussian blob weighted by its confidence; a grouped channel sums its
 points' blobs and is clipped to [0, 1]. Each blob is separable, exp(-dx^2) * exp(-dy^2), so a channel is one
 (H, K) @ (K, W) matrix product per frame, never a (K, H, W) stack.
+
+`mouth_mask` rasterises the mouth landmarks onto the latent grid, per latent frame: the region that the
+flow loss can weight up (`flow.lip_weight`), since a mouth covers a few of a frame's latent positions.
 """
 
 from __future__ import annotations
@@ -62,3 +65,46 @@ def render_heatmaps(keypoints: np.ndarray, height: int, width: int, sigma: float
         out[..., c] = np.matmul(np.swapaxes(gy[:, start:stop], 1, 2), gx[:, start:stop])  # (F, H, W)
     np.clip(out, 0.0, 1.0, out=out)
     return out
+
+
+MOUTH = (71, 91)  # COCO-WholeBody mouth landmarks: face points 48-67 (outer and inner lips)
+VAE_TEMPORAL = 4  # video frames per latent frame after the first (the causal VAE)
+
+
+def latent_frame_max(x: np.ndarray) -> np.ndarray:
+    """(F, ...) per video frame, F = 1 + 4k -> (1 + k, ...): frame 0 alone, then the max over each 4."""
+    f = x.shape[0]
+    if (f - 1) % VAE_TEMPORAL:
+        raise ValueError(f"video frame count {f} is not 1 + 4k")
+    rest = x[1:].reshape((f - 1) // VAE_TEMPORAL, VAE_TEMPORAL, *x.shape[1:]).max(axis=1)
+    return np.concatenate([x[:1], rest], axis=0)
+
+
+def mouth_mask(
+    keypoints: np.ndarray, height: int, width: int, margin: float = 0.5, min_confidence: float = 0.3
+) -> np.ndarray:
+    """Keypoints (F, 133, 3), x and y in [0, 1] -> (T, height, width) float32 in {0, 1} on the latent grid.
+
+    A cell is 1 when it meets the box around a frame's confident mouth landmarks, widened by `margin`
+    cells on each side; a latent frame takes the union over its video frames. Frames with fewer than
+    two confident mouth landmarks add nothing.
+    """
+    kp = np.asarray(keypoints, np.float32)
+    if kp.ndim != 3 or kp.shape[1:] != (NUM_KEYPOINTS, 3):
+        raise ValueError(f"keypoints must have shape (F, {NUM_KEYPOINTS}, 3), got {kp.shape}")
+    mouth = kp[:, MOUTH[0] : MOUTH[1]]  # (F, 20, 3)
+    ok = np.all(np.isfinite(mouth), axis=-1) & (np.nan_to_num(mouth[..., 2]) >= min_confidence)  # (F, 20)
+    big = np.float32(1e9)
+    x = np.where(ok, np.nan_to_num(mouth[..., 0]) * width, np.nan)  # (F, 20) in cells
+    y = np.where(ok, np.nan_to_num(mouth[..., 1]) * height, np.nan)
+    seen = ok.sum(axis=1) >= 2  # (F,)
+    with np.errstate(all="ignore"):  # all-NaN rows are the frames `seen` leaves out
+        x0 = np.where(seen, np.nanmin(x, axis=1) - margin, big)
+        x1 = np.where(seen, np.nanmax(x, axis=1) + margin, -big)
+        y0 = np.where(seen, np.nanmin(y, axis=1) - margin, big)
+        y1 = np.where(seen, np.nanmax(y, axis=1) + margin, -big)
+    cols, rows = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
+    in_x = (cols[None] + 1 > x0[:, None]) & (cols[None] < x1[:, None])  # (F, W): cell [j, j+1) meets
+    in_y = (rows[None] + 1 > y0[:, None]) & (rows[None] < y1[:, None])  # (F, H)
+    per_frame = (in_y[:, :, None] & in_x[:, None, :]).astype(np.float32)  # (F, H, W)
+    return latent_frame_max(per_frame)

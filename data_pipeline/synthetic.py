@@ -48,6 +48,7 @@ class SyntheticSource:
         scale = int(m.pose_heatmap_scale)
         self.pose_shape = (self.num_frames, self.h * scale, self.w * scale, int(m.pose_channels))
         self.pooled_dim = int(m.get("pooled_text_dim", 0))
+        self.lip_mask = float(config.get("flow", {}).get("lip_weight", 0.0)) > 0
         self.eligible = masking.eligibility(
             text_mask=np.ones(1, bool), audio_eligible=True, pose_eligible=True, latent_frames=self.t
         )
@@ -100,6 +101,8 @@ class SyntheticSource:
             motion_mask=np.zeros(self.t, bool),
             condition_mask=mask,
         )
+        if self.lip_mask:  # random latents have no mouth landmarks: an empty mouth region
+            out["lip_mask"] = np.zeros((self.t, self.h, self.w), np.float32)
         if self.pooled_dim > 0:
             out["text_pooled"] = rng.standard_normal(self.pooled_dim, dtype=np.float32)
         masking.apply_condition_mask(out, mask, self.motion_frames)

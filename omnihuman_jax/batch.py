@@ -24,6 +24,8 @@ def batch_shapes(config: Any, batch_size: int) -> dict[str, tuple[tuple[int, ...
         "motion_mask": ((batch_size, t), np.bool_),
         "condition_mask": ((batch_size, len(CONDITIONS)), np.bool_),
     }
+    if config.get("flow", {}).get("lip_weight", 0.0) > 0:  # the mouth region the loss weights up
+        shapes["lip_mask"] = ((batch_size, t, h, w), np.float32)
     if m.pooled_text_dim:
         shapes["text_pooled"] = ((batch_size, m.pooled_text_dim), np.float32)
     if m.guidance_embeds:

@@ -65,6 +65,17 @@ def motion_weights(latents: jax.Array, strength: float, eps: float = 1e-6) -> ja
     return jax.lax.stop_gradient((1.0 + strength * rel) / (1.0 + strength))
 
 
+def lip_weights(lip_mask: jax.Array, strength: float) -> jax.Array:
+    """(B, T, h, w) mouth mask in [0, 1] -> loss weights 1 + strength * mask.
+
+    The mouth covers a few of a frame's latent positions (the data pipeline rasterises its landmarks,
+    `data_pipeline.heatmaps.mouth_mask`), so with plain MSE the audio-driven lip motion is a small part of
+    the loss. The rest keeps weight 1: identity and body learn as before. A sample with no landmarks has an
+    all-zero mask and its plain loss.
+    """
+    return 1.0 + strength * jax.lax.stop_gradient(lip_mask.astype(jnp.float32))
+
+
 def per_sample_loss(
     pred: jax.Array, target: jax.Array, motion_mask: jax.Array, weights: jax.Array | None = None
 ) -> jax.Array:

@@ -41,6 +41,9 @@ def make_loss_fn(model: nn.Module, config: Any) -> Callable:
         pred = model.apply({"params": params}, model_inputs(cond, x_t), t)
         motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
         weights = fm.motion_weights(latents, flow.motion_weight) if flow.motion_weight > 0 else None
+        if flow.get("lip_weight", 0.0) > 0:
+            lip = fm.lip_weights(batch["lip_mask"], flow.lip_weight)  # (B, T, h, w)
+            weights = lip if weights is None else weights * lip
         per_sample = fm.per_sample_loss(pred, fm.velocity_target(latents, noise), motion, weights)  # (B,)
         loss = jnp.mean(per_sample * fm.loss_weight(t, flow.loss_weighting))
         return loss, per_sample

@@ -100,3 +100,28 @@ def test_motion_noise_draws_leave_other_draws_unchanged_and_noise_only_the_motio
     l_a, _ = loss_fn(params, no_motion)
     l_p, _ = loss_fn(params, {**plain, "condition_mask": no_motion["condition_mask"]})
     np.testing.assert_allclose(float(l_a), float(l_p), rtol=1e-6)  # nothing else changed
+
+
+def test_train_loss_weights_the_mouth_region_by_lip_weight_only_when_configured():
+    cfg = tiny_config(batch_size=2)
+    model = build(cfg)
+    batch = random_batch(cfg, 2)
+    params = model.init(jax.random.key(0), sample_model_inputs(batch), jnp.zeros((2,)))["params"]
+    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    lip = jnp.zeros(batch["latents"].shape[:-1]).at[0, :, 2:4, 3:5].set(1.0)  # sample 0 has a mouth
+    batch.update(lip_mask=lip, _t=jnp.full((2,), 0.5))
+    batch["_noise"] = jax.random.normal(jax.random.key(1), batch["latents"].shape)
+    _, plain = make_loss_fn(model, cfg)(params, batch)
+    cfg.flow.lip_weight = 9.0
+    _, weighted = make_loss_fn(model, cfg)(params, batch)
+    x_t = fm.interpolate(batch["latents"], batch["_noise"], batch["_t"])
+    from omnihuman_jax.conditions import INDEX, model_inputs
+
+    pred = model.apply({"params": params}, model_inputs(batch, x_t), batch["_t"])
+    motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
+    target = fm.velocity_target(batch["latents"], batch["_noise"])
+    np.testing.assert_allclose(np.asarray(fm.lip_weights(lip, 9.0))[0, :, 2, 3], 10.0)
+    want = fm.per_sample_loss(pred, target, motion, 1.0 + 9.0 * lip)
+    np.testing.assert_allclose(np.asarray(weighted), np.asarray(want), rtol=1e-5)
+    assert float(weighted[0]) > 1.05 * float(plain[0])  # the mouth region counts 10x
+    np.testing.assert_allclose(float(weighted[1]), float(plain[1]), rtol=1e-6)  # no landmarks: unchanged

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from configs.base import get_base_config
-from data_pipeline import build, grain_pipeline, masking, tfds_builder
+from data_pipeline import build, grain_pipeline, heatmaps, masking, tfds_builder
 from data_pipeline.synthetic import synthetic_record
 from tests.data_pipeline.test_tfds_builder import _build_args, _raw_manifest
 
@@ -278,3 +278,26 @@ def test_dataset_from_build_cli_without_text_encoder_trains_with_text_ratio_zero
     assert it.skipped_records == 0
     assert b["frames"].shape[:2] == (2, 9) and b["audio_feats"].shape == (2, 9, 1, 8)
     assert not b["condition_mask"][:, 0].any() and b["text_mask"][:, 0].all() and not b["text_emb"].any()
+
+
+def test_lip_weight_adds_each_clips_mouth_mask_from_its_landmarks(dataset):
+    """With flow.lip_weight the batch carries lip_mask (B, T, h, w): the record's mouth landmarks on the
+    latent grid (heatmaps.mouth_mask), whether or not pose is on; zeros for a clip without keypoints."""
+    path, by_latents = dataset
+    cfg = _config(path)
+    cfg.flow.lip_weight = 5.0
+    batches = _take(grain_pipeline.make_train_iterator(cfg), 6)
+    with_kp = without_kp = 0
+    for b in batches:
+        assert b["lip_mask"].shape == b["latents"].shape[:-1] and b["lip_mask"].dtype == np.float32
+        for i in range(b["latents"].shape[0]):
+            rec = by_latents[b["latents"][i].tobytes()]
+            h, w = rec["latents"].shape[1:3]
+            if rec["keypoints"].shape[0]:
+                with_kp += 1
+                np.testing.assert_array_equal(b["lip_mask"][i], heatmaps.mouth_mask(rec["keypoints"], h, w))
+            else:
+                without_kp += 1
+                assert not b["lip_mask"][i].any()
+    assert with_kp and without_kp
+    assert "lip_mask" not in _take(grain_pipeline.make_train_iterator(_config(path)), 1)[0]

@@ -1,10 +1,11 @@
-"""Pose heatmaps: shape, blob placement, confidence weighting and parity with a per-pixel loop."""
+"""Pose heatmaps (shape, blobs, confidence weighting, parity with a per-pixel loop) and the mouth mask."""
 
 from __future__ import annotations
 
 import numpy as np
 import pytest
 
+from data_pipeline import heatmaps
 from data_pipeline.heatmaps import GROUPS, NUM_CHANNELS, render_heatmaps
 
 
@@ -60,3 +61,33 @@ def test_right_hand_points_land_in_last_channel_and_nan_is_absent():
 def test_render_heatmaps_rejects_wrong_keypoint_shape():
     with pytest.raises(ValueError, match="133"):
         render_heatmaps(np.zeros((2, 17, 3)), 8, 8)
+
+
+def test_mouth_mask_covers_the_lip_landmarks_box_per_latent_frame():
+    kp = np.zeros((5, 133, 3), np.float32)  # 5 video frames = latent frames 0 and 1
+    kp[:, 71:91, 0] = np.linspace(0.40, 0.52, 20)  # x 6.4 .. 8.32 cells on a 16-wide grid
+    kp[:, 71:91, 1] = 0.6  # y 9.6 cells
+    kp[:, 71:91, 2] = 1.0
+    kp[3, 71:91, 1] = np.linspace(0.55, 0.70, 20)  # frame 3 (latent frame 1) opens to y 8.8 .. 11.2
+    kp[:, :71, :2] = 0.05  # other landmarks far away, confident: ignored
+    kp[:, :71, 2] = 1.0
+    m = heatmaps.mouth_mask(kp, 16, 16)  # margin 0.5 cell
+    assert m.shape == (2, 16, 16) and m.dtype == np.float32
+    want0 = np.zeros((16, 16), np.float32)
+    want0[9:11, 5:9] = 1.0  # x 5.9 .. 8.82, y 9.1 .. 10.1
+    np.testing.assert_array_equal(m[0], want0)
+    want1 = np.zeros((16, 16), np.float32)
+    want1[8:12, 5:9] = 1.0  # the union over frames 1-4 includes frame 3's open mouth (y 8.3 .. 11.7)
+    np.testing.assert_array_equal(m[1], want1)
+
+
+def test_mouth_mask_ignores_unconfident_or_missing_landmarks():
+    kp = np.zeros((1, 133, 3), np.float32)
+    kp[0, 71:91, :2] = 0.5
+    kp[0, 71:91, 2] = 0.1  # below the confidence threshold
+    assert not heatmaps.mouth_mask(kp, 8, 8).any()
+    kp[0, 71, 2] = 1.0  # one landmark is not a mouth
+    kp[0, 72:91, 0] = np.nan
+    assert not heatmaps.mouth_mask(kp, 8, 8).any()
+    with pytest.raises(ValueError, match="1 \\+ 4k"):
+        heatmaps.mouth_mask(np.zeros((3, 133, 3), np.float32), 8, 8)
