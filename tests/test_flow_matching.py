@@ -1,4 +1,4 @@
-"""The flow-matching objective's optional motion weighting (omnihuman_jax.flow_matching, train_step)."""
+"""The flow-matching objective's optional motion and mouth-region weighting (flow_matching, train_step)."""
 
 from __future__ import annotations
 
@@ -44,26 +44,35 @@ def test_weighted_per_sample_loss_scales_errors_by_position_weight():
     np.testing.assert_allclose(fm.per_sample_loss(err_static, z, motion, weights), 0.5 / 16, rtol=1e-5)
 
 
-def test_train_loss_uses_motion_weight_only_when_configured():
-    cfg = tiny_config(batch_size=2)
+def _loss_case(cfg):
+    """A tiny model, its params and a batch with fixed flow draws (t = 0.5)."""
     model = build(cfg)
     batch = random_batch(cfg, 2)
     params = model.init(jax.random.key(0), sample_model_inputs(batch), jnp.zeros((2,)))["params"]
     batch = {k: jnp.asarray(v) for k, v in batch.items()}
-    batch["latents"] = batch["latents"].at[:, 1:, 0, 0].add(3.0)  # one position moves
     batch["_t"] = jnp.full((2,), 0.5)
     batch["_noise"] = jax.random.normal(jax.random.key(1), batch["latents"].shape)
+    return model, params, batch
+
+
+def _by_hand(model, params, batch, weights):
+    """The per-sample loss recomputed outside the train step: the same prediction, the given weights."""
+    from omnihuman_jax.conditions import INDEX, model_inputs
+
+    x_t = fm.interpolate(batch["latents"], batch["_noise"], batch["_t"])
+    pred = model.apply({"params": params}, model_inputs(batch, x_t), batch["_t"])
+    motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
+    return fm.per_sample_loss(pred, fm.velocity_target(batch["latents"], batch["_noise"]), motion, weights)
+
+
+def test_train_loss_uses_motion_weight_only_when_configured():
+    cfg = tiny_config(batch_size=2)
+    model, params, batch = _loss_case(cfg)
+    batch["latents"] = batch["latents"].at[:, 1:, 0, 0].add(3.0)  # one position moves
     plain, _ = make_loss_fn(model, cfg)(params, batch)
     cfg.flow.motion_weight = 2.0
     weighted, per_sample = make_loss_fn(model, cfg)(params, batch)
-    # Recompute by hand: the same prediction, the weights of flow_matching.motion_weights.
-    x_t = fm.interpolate(batch["latents"], batch["_noise"], batch["_t"])
-    from omnihuman_jax.conditions import INDEX, model_inputs
-
-    pred = model.apply({"params": params}, model_inputs(batch, x_t), batch["_t"])
-    motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
-    target = fm.velocity_target(batch["latents"], batch["_noise"])
-    want = fm.per_sample_loss(pred, target, motion, fm.motion_weights(batch["latents"], 2.0))
+    want = _by_hand(model, params, batch, fm.motion_weights(batch["latents"], 2.0))
     np.testing.assert_allclose(np.asarray(per_sample), np.asarray(want), rtol=1e-5)
     assert abs(float(weighted) - float(plain)) > 1e-4 * float(plain)
 
@@ -104,24 +113,14 @@ def test_motion_noise_draws_leave_other_draws_unchanged_and_noise_only_the_motio
 
 def test_train_loss_weights_the_mouth_region_by_lip_weight_only_when_configured():
     cfg = tiny_config(batch_size=2)
-    model = build(cfg)
-    batch = random_batch(cfg, 2)
-    params = model.init(jax.random.key(0), sample_model_inputs(batch), jnp.zeros((2,)))["params"]
-    batch = {k: jnp.asarray(v) for k, v in batch.items()}
+    model, params, batch = _loss_case(cfg)
     lip = jnp.zeros(batch["latents"].shape[:-1]).at[0, :, 2:4, 3:5].set(1.0)  # sample 0 has a mouth
-    batch.update(lip_mask=lip, _t=jnp.full((2,), 0.5))
-    batch["_noise"] = jax.random.normal(jax.random.key(1), batch["latents"].shape)
+    batch["lip_mask"] = lip
     _, plain = make_loss_fn(model, cfg)(params, batch)
     cfg.flow.lip_weight = 9.0
     _, weighted = make_loss_fn(model, cfg)(params, batch)
-    x_t = fm.interpolate(batch["latents"], batch["_noise"], batch["_t"])
-    from omnihuman_jax.conditions import INDEX, model_inputs
-
-    pred = model.apply({"params": params}, model_inputs(batch, x_t), batch["_t"])
-    motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
-    target = fm.velocity_target(batch["latents"], batch["_noise"])
     np.testing.assert_allclose(np.asarray(fm.lip_weights(lip, 9.0))[0, :, 2, 3], 10.0)
-    want = fm.per_sample_loss(pred, target, motion, 1.0 + 9.0 * lip)
+    want = _by_hand(model, params, batch, 1.0 + 9.0 * lip)
     np.testing.assert_allclose(np.asarray(weighted), np.asarray(want), rtol=1e-5)
     assert float(weighted[0]) > 1.05 * float(plain[0])  # the mouth region counts 10x
     np.testing.assert_allclose(float(weighted[1]), float(plain[1]), rtol=1e-6)  # no landmarks: unchanged
