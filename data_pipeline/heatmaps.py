@@ -12,7 +12,11 @@ flow loss can weight up (`flow.lip_weight`), since a mouth covers a few of a fra
 
 from __future__ import annotations
 
+import warnings
+
 import numpy as np
+
+from omnihuman_jax.models.conditions import VAE_TEMPORAL
 
 NUM_KEYPOINTS = 133
 NUM_CHANNELS = 21
@@ -68,7 +72,6 @@ def render_heatmaps(keypoints: np.ndarray, height: int, width: int, sigma: float
 
 
 MOUTH = (71, 91)  # COCO-WholeBody mouth landmarks: face points 48-67 (outer and inner lips)
-VAE_TEMPORAL = 4  # video frames per latent frame after the first (the causal VAE)
 
 
 def latent_frame_max(x: np.ndarray) -> np.ndarray:
@@ -94,17 +97,15 @@ def mouth_mask(
         raise ValueError(f"keypoints must have shape (F, {NUM_KEYPOINTS}, 3), got {kp.shape}")
     mouth = kp[:, MOUTH[0] : MOUTH[1]]  # (F, 20, 3)
     ok = np.all(np.isfinite(mouth), axis=-1) & (np.nan_to_num(mouth[..., 2]) >= min_confidence)  # (F, 20)
-    big = np.float32(1e9)
-    x = np.where(ok, np.nan_to_num(mouth[..., 0]) * width, np.nan)  # (F, 20) in cells
-    y = np.where(ok, np.nan_to_num(mouth[..., 1]) * height, np.nan)
+    x = np.where(ok, mouth[..., 0] * width, np.nan)  # (F, 20) in cells
+    y = np.where(ok, mouth[..., 1] * height, np.nan)
     seen = ok.sum(axis=1) >= 2  # (F,)
-    with np.errstate(all="ignore"):  # all-NaN rows are the frames `seen` leaves out
-        x0 = np.where(seen, np.nanmin(x, axis=1) - margin, big)
-        x1 = np.where(seen, np.nanmax(x, axis=1) + margin, -big)
-        y0 = np.where(seen, np.nanmin(y, axis=1) - margin, big)
-        y1 = np.where(seen, np.nanmax(y, axis=1) + margin, -big)
+    with warnings.catch_warnings():  # all-NaN rows ("All-NaN slice") are the frames `seen` leaves out
+        warnings.simplefilter("ignore", RuntimeWarning)
+        x0, x1 = np.nanmin(x, axis=1) - margin, np.nanmax(x, axis=1) + margin  # (F,)
+        y0, y1 = np.nanmin(y, axis=1) - margin, np.nanmax(y, axis=1) + margin
     cols, rows = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
-    in_x = (cols[None] + 1 > x0[:, None]) & (cols[None] < x1[:, None])  # (F, W): cell [j, j+1) meets
-    in_y = (rows[None] + 1 > y0[:, None]) & (rows[None] < y1[:, None])  # (F, H)
+    in_x = (cols[None] + 1 > x0[:, None]) & (cols[None] < x1[:, None]) & seen[:, None]  # (F, W): [j, j+1)
+    in_y = (rows[None] + 1 > y0[:, None]) & (rows[None] < y1[:, None])  # (F, H); NaN bounds compare False
     per_frame = (in_y[:, :, None] & in_x[:, None, :]).astype(np.float32)  # (F, H, W)
     return latent_frame_max(per_frame)
