@@ -34,7 +34,7 @@ from omnihuman_jax.conditions import INDEX, model_inputs
 MOTION_FRAMES = 2  # latent frames 0 and 1 (docs/design.md)
 
 
-def _with_conditions(batch: dict[str, Any], motion: bool, audio: bool) -> dict[str, Any]:
+def with_conditions(batch: dict[str, Any], motion: bool, audio: bool) -> dict[str, Any]:
     """The batch with the reference on, text and pose off, and motion frames / audio as asked."""
     cm = np.array(batch["condition_mask"], copy=True)  # (B, 5)
     cm[:, INDEX["reference"]] = True
@@ -61,7 +61,7 @@ def condition_effects(apply_fn, params: Any, batches: list[dict[str, Any]], time
             x_t = fm.interpolate(z, noise, tt)
             x0 = {}
             for key in err:
-                v = apply_fn(params, model_inputs(_with_conditions(batch, *key), x_t), tt)
+                v = apply_fn(params, model_inputs(with_conditions(batch, *key), x_t), tt)
                 x0[key] = (x_t - t * v)[:, -1]
                 err[key].append(float(jnp.mean((x0[key] - target) ** 2)))
             effect.append(float(jnp.mean(jnp.max(jnp.abs(x0[True, True] - x0[True, False]), axis=(1, 2, 3)))))
