@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flax.linen as nn
 import jax
 import jax.numpy as jnp
 import numpy as np
@@ -51,3 +52,13 @@ def randomize(params, seed: int = 1, scale: float = 0.2):
     keys = jax.random.split(jax.random.key(seed), len(leaves))
     new = [x + scale * jax.random.normal(k, x.shape, x.dtype) for x, k in zip(leaves, keys, strict=True)]
     return jax.tree.unflatten(treedef, new)
+
+
+def tiny_model_and_params(batch_size: int = 2):
+    """The tiny model, a random batch and the model's fresh (zero-initialised condition paths) params."""
+    cfg = tiny_config()
+    model = build(cfg)
+    batch = random_batch(cfg, batch_size)
+    t = jnp.full((batch_size,), 0.5)
+    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), inputs_from_batch(batch), t)["params"])
+    return model, batch, params

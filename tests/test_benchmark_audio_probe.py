@@ -2,14 +2,11 @@
 
 from __future__ import annotations
 
-import flax.linen as nn
-import jax
-import jax.numpy as jnp
 import numpy as np
 import pytest
 
 from benchmarks.audio_probe import crop, linear_probe, model_mouth_errors, mouth_patches
-from tests.model_fixtures import build, inputs_from_batch, random_batch, randomize, tiny_config
+from tests.model_fixtures import randomize, tiny_model_and_params
 
 
 def test_mouth_block_is_centred_on_the_mask_and_kept_inside_the_grid():
@@ -50,11 +47,7 @@ def test_probe_refuses_too_few_windows():
 
 
 def test_model_mouth_errors_respond_to_a_live_audio_path_only():
-    cfg = tiny_config()
-    model = build(cfg)
-    batch = random_batch(cfg, 2)
-    t = jnp.array([0.5, 0.5])
-    params = nn.unbox(jax.jit(model.init)(jax.random.key(0), inputs_from_batch(batch), t)["params"])
+    model, batch, params = tiny_model_and_params()
     h, w = batch["latents"].shape[2:4]
     corners, keep = mouth_patches(batch["latents"], np.ones((2, 3, h, w), np.float32), 3)
     apply_fn = lambda p, i, tt: model.apply({"params": p}, i, tt)  # noqa: E731
