@@ -133,7 +133,13 @@ def main(argv: list[str] | None = None) -> int:
         delta = crop(z[:, -1], corner) - crop(z[:, LAST_MOTION], corner)  # (B, k, k, C)
         feats.append(batch["audio_feats"].mean(axis=(2, 3))[keep])  # (B, F) per-video-frame energies
         change.append(delta[keep].reshape(int(keep.sum()), -1))
-    out = {"checkpoint": args.checkpoint, "windows": int(sum(len(f) for f in feats)), "patch": args.patch}
+    windows = int(sum(len(f) for f in feats))
+    if windows == 0:
+        raise SystemExit(
+            "error: no window has both audio and confident mouth landmarks (COCO-WholeBody keypoints 71-90);"
+            " the probe needs a dataset featurized with keypoints, and clips that pass the lip-sync filter"
+        )
+    out = {"checkpoint": args.checkpoint, "windows": windows, "patch": args.patch}
     out.update(linear_probe(np.concatenate(feats), np.concatenate(change)))
     if args.model:
         import jax
