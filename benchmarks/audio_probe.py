@@ -15,7 +15,8 @@ windows and scored on the other quarter:
   averaged over `--times` (`mouth_x0_mse_audio_on` / `_off`).
 
 A model that uses audio as well as a linear map does would score the probe's gap between the audio-on and
-audio-off rows.
+audio-off rows. The split follows the loader's shuffled order, so overlapping windows of one clip can fall
+on both sides of it; with 10 coefficients per target value, the fit can memorise little of them.
 
   python -m benchmarks.audio_probe --checkpoint=runs/proof/stage2 --batches=150 --model
 """

@@ -17,6 +17,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline import heatmaps, masking, records
+from omnihuman_jax.batch import uses_lip_mask
 
 
 def local_batch_size(batch_size: int, process_count: int) -> int:
@@ -48,7 +49,7 @@ class SyntheticSource:
         scale = int(m.pose_heatmap_scale)
         self.pose_shape = (self.num_frames, self.h * scale, self.w * scale, int(m.pose_channels))
         self.pooled_dim = int(m.get("pooled_text_dim", 0))
-        self.lip_mask = float(config.get("flow", {}).get("lip_weight", 0.0)) > 0
+        self.lip_mask = uses_lip_mask(config)
         self.eligible = masking.eligibility(
             text_mask=np.ones(1, bool), audio_eligible=True, pose_eligible=True, latent_frames=self.t
         )

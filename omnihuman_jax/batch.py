@@ -9,6 +9,12 @@ import numpy as np
 from omnihuman_jax.conditions import CONDITIONS
 
 
+def uses_lip_mask(config: Any) -> bool:
+    """True when `flow.lip_weight` > 0: the batch then carries `lip_mask` (B, T, h, w), the mouth region the
+    loss weights up. Run configs saved before the key existed have no lip weight."""
+    return float(config.get("flow", {}).get("lip_weight", 0.0)) > 0
+
+
 def batch_shapes(config: Any, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     m, s = config.model, config.shape
     t, h, w = s.latent_frames, s.latent_height, s.latent_width
@@ -24,7 +30,7 @@ def batch_shapes(config: Any, batch_size: int) -> dict[str, tuple[tuple[int, ...
         "motion_mask": ((batch_size, t), np.bool_),
         "condition_mask": ((batch_size, len(CONDITIONS)), np.bool_),
     }
-    if config.get("flow", {}).get("lip_weight", 0.0) > 0:  # the mouth region the loss weights up
+    if uses_lip_mask(config):
         shapes["lip_mask"] = ((batch_size, t, h, w), np.float32)
     if m.pooled_text_dim:
         shapes["text_pooled"] = ((batch_size, m.pooled_text_dim), np.float32)
