@@ -6,7 +6,9 @@ For each `<clip_id>.mp4` in --videos whose clip exists in the world (`clips/<cli
 stand-ins of the paper's metrics (`data_pipeline.toyworld.measure`) are read from pixels:
 - sync: Pearson correlation between the measured mouth opening and the envelope of the driving audio
   (best lag within +/- 2 frames; Sync-C's role);
-- pose_err_px: hand-centre error in pixels against the driving keypoints (HKC's role);
+- pose_err_px: hand-centre error in pixels against the driving keypoints (HKC's role), over the frames
+  where a hand is seen;
+- hands_found: the share of (frame, hand) pairs with confident keypoints where the hand is seen at all;
 - psnr / ssim: identity, on the clip's static region against the reference frame;
 - motion_px: mean frame-to-frame hand displacement (HKV's role).
 `--truth` scores the ground-truth mp4s of the same clips instead, the evaluator's own calibration.
@@ -24,7 +26,7 @@ import numpy as np
 
 from data_pipeline.toyworld import measure, render, speech
 
-METRICS = ("sync", "pose_err_px", "psnr", "ssim", "motion_px")
+METRICS = ("sync", "pose_err_px", "hands_found", "psnr", "ssim", "motion_px")
 
 
 def load_truth(world: Path, clip_id: str) -> dict[str, np.ndarray]:
@@ -48,6 +50,7 @@ def score_frames(frames: np.ndarray, truth: dict[str, np.ndarray], fps: float) -
     out = {
         "sync": measure.sync_score(frames, wav, speech.SAMPLE_RATE, fps),
         "pose_err_px": measure.pose_error_px(frames, truth["keypoints"][:n]),
+        "hands_found": measure.hands_found_fraction(frames, truth["keypoints"][:n]),
         "motion_px": measure.motion_amplitude(frames),
     }
     mask = truth["static_mask"]
@@ -93,11 +96,12 @@ def summarize(per_clip: dict[str, dict[str, float]]) -> dict[str, float]:
 
 def format_table(rows: dict[str, dict[str, float]]) -> str:
     """A markdown table: one row per named result, one column per metric."""
-    head = "| run | clips | sync | pose err (px) | PSNR (dB) | SSIM | motion (px/frame) |"
-    lines = [head, "|---|---|---|---|---|---|---|"]
+    head = "| run | clips | sync | pose err (px) | hands found | PSNR (dB) | SSIM | motion (px/frame) |"
+    lines = [head, "|---|---|---|---|---|---|---|---|"]
     for name, s in rows.items():
         lines.append(
-            f"| {name} | {s['clips']} | {s['sync']:.3f} | {s['pose_err_px']:.2f} | {s['psnr']:.2f} | "
+            f"| {name} | {s['clips']} | {s['sync']:.3f} | {s['pose_err_px']:.2f} | "
+            f"{s.get('hands_found', float('nan')):.2f} | {s['psnr']:.2f} | "
             f"{s['ssim']:.3f} | {s['motion_px']:.3f} |"
         )
     return "\n".join(lines)

@@ -199,6 +199,21 @@ def pose_error_px(frames: np.ndarray, keypoints: np.ndarray) -> float:
     return float(err[valid].mean()) if valid.any() else float("nan")
 
 
+def hands_found_fraction(frames: np.ndarray, keypoints: np.ndarray) -> float:
+    """Share of the (frame, hand) pairs with confident keypoints whose hand shows in the frames.
+
+    `pose_error_px` averages only over the pairs where the hand is seen, so a video whose hands vanish
+    can still score a small error; this is the share it was measured on. NaN when no keypoint is confident.
+    """
+    frames = _check_frames(frames)
+    keypoints = np.asarray(keypoints)
+    if keypoints.shape[:1] != frames.shape[:1]:
+        raise ValueError(f"keypoints {keypoints.shape} need one row per frame of frames {frames.shape}")
+    expected = np.all(np.isfinite(hand_centres_from_keypoints(keypoints)), axis=-1)  # (F, 2)
+    seen = np.all(np.isfinite(hand_positions(frames)), axis=-1)  # (F, 2)
+    return float((seen & expected).sum() / expected.sum()) if expected.any() else float("nan")
+
+
 def displacement_amplitude(positions: np.ndarray) -> float:
     """Mean frame-to-frame displacement of tracked points (F, P, 2); NaN pairs skipped, 0.0 if none."""
     positions = np.asarray(positions, np.float64)

@@ -155,6 +155,16 @@ def test_pose_error_px_skips_low_confidence_keypoints():
     assert np.isnan(measure.pose_error_px(frames, kp))
 
 
+def test_hands_found_fraction_counts_seen_hands_among_confident_keypoints():
+    frames = _hand_frames([(40, 50), (44, 47)], [(20, 52), None])  # right hand gone in frame 1
+    kp = _keypoints_at(np.array([[[40, 50], [20, 52]], [[44, 47], [22, 50]]], float))
+    assert measure.hands_found_fraction(frames, kp) == pytest.approx(3 / 4)
+    kp[1, 112:133, 2] = 0.1  # the missing hand's keypoints are not confident: nothing was expected there
+    assert measure.hands_found_fraction(frames, kp) == pytest.approx(1.0)
+    kp[..., 2] = 0.0
+    assert np.isnan(measure.hands_found_fraction(frames, kp))
+
+
 def test_motion_amplitude_is_mean_hand_displacement():
     frames = _hand_frames([(30, 40), (33, 44), (33, 44)], [(20, 40), (20, 40), (20, 46)])
     # left moves 5 then 0, right 0 then 6: mean of (5, 0, 0, 6)

@@ -29,7 +29,7 @@ def test_ground_truth_clips_score_sync_above_0_9_and_pose_error_below_1px(world)
     per_clip = evaluate.evaluate_videos(world, {c: world / "clips" / f"{c}.mp4" for c in ids}, 25.0)
     for cid, m in per_clip.items():
         assert m["sync"] >= 0.9, (cid, m)
-        assert m["pose_err_px"] <= 1.0, (cid, m)
+        assert m["pose_err_px"] <= 1.0 and m["hands_found"] >= 0.9, (cid, m)
         assert m["psnr"] >= 30.0 and m["ssim"] >= 0.9, (cid, m)
         assert m["motion_px"] > 0.1, (cid, m)
 

@@ -163,6 +163,10 @@ def test_learning_proof_reports_met_and_missed_targets_with_the_gap(tmp_path):
     assert "sync = 0.000, target <= 0.2: **met** (vacuous" in vacuous
     synced = {"1 audio-driven": dict(row, sync=0.7), "4 no-audio ablation, audio-driven": ablation}
     assert "**met**\n" in "\n".join(lp.check_targets(synced)) + "\n"
+    vanished = "\n".join(lp.check_targets({"2 pose-driven": dict(row, hands_found=0.25)}))
+    assert "pose_err_px = 2.000, target <= 3.0: **missed**: hands seen in only 25% of the frames" in vanished
+    seen = "\n".join(lp.check_targets({"2 pose-driven": dict(row, hands_found=0.95)}))
+    assert "pose_err_px = 2.000, target <= 3.0: **met**" in seen
     assert "vacuous" not in "\n".join(lp.check_targets(synced))
     lp.bar_plot({"a": row, "b": dict(row, sync=float("nan"))}, tmp_path / "p.png")
     from PIL import Image
