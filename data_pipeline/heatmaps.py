@@ -8,6 +8,8 @@ points' blobs and is clipped to [0, 1]. Each blob is separable, exp(-dx^2) * exp
 
 `mouth_mask` rasterises the mouth landmarks onto the latent grid, per latent frame: the region that the
 flow loss can weight up (`flow.lip_weight`), since a mouth covers a few of a frame's latent positions.
+`landmark_regions` does the same per video frame in pixels for the mouth and both hands: the region the
+VAE's reconstruction loss can weight up (`launch.train_vae`'s `loss.region_l1`).
 """
 
 from __future__ import annotations
@@ -92,13 +94,44 @@ def mouth_mask(
     cells on each side; a latent frame takes the union over its video frames. Frames with fewer than
     two confident mouth landmarks add nothing.
     """
+    kp = _check_keypoints(keypoints)
+    per_frame = landmark_box(kp[:, MOUTH[0] : MOUTH[1]], height, width, margin, min_confidence)  # (F, H, W)
+    return latent_frame_max(per_frame.astype(np.float32))
+
+
+# Landmark groups whose pixels a reconstruction loss can weight up: they are small and they carry the
+# audio- and pose-driven motion (mouth: audio; hands: pose).
+REGION_GROUPS: tuple[tuple[int, int], ...] = (MOUTH, (91, 112), (112, 133))
+
+
+def landmark_regions(
+    keypoints: np.ndarray, height: int, width: int, margin: float, min_confidence: float = 0.3
+) -> np.ndarray:
+    """Keypoints (F, 133, 3), x and y in [0, 1] -> (F, height, width) float32 in {0, 1} per video frame.
+
+    The union of one box per `REGION_GROUPS` group (the mouth, each hand) around its confident landmarks,
+    widened by `margin` pixels on each side; a group with fewer than two confident landmarks adds nothing.
+    """
+    kp = _check_keypoints(keypoints)
+    boxes = [landmark_box(kp[:, a:b], height, width, margin, min_confidence) for a, b in REGION_GROUPS]
+    return np.logical_or.reduce(boxes).astype(np.float32)
+
+
+def _check_keypoints(keypoints: np.ndarray) -> np.ndarray:
     kp = np.asarray(keypoints, np.float32)
     if kp.ndim != 3 or kp.shape[1:] != (NUM_KEYPOINTS, 3):
         raise ValueError(f"keypoints must have shape (F, {NUM_KEYPOINTS}, 3), got {kp.shape}")
-    mouth = kp[:, MOUTH[0] : MOUTH[1]]  # (F, 20, 3)
-    ok = np.all(np.isfinite(mouth), axis=-1) & (np.nan_to_num(mouth[..., 2]) >= min_confidence)  # (F, 20)
-    x = np.where(ok, mouth[..., 0] * width, np.nan)  # (F, 20) in cells
-    y = np.where(ok, mouth[..., 1] * height, np.nan)
+    return kp
+
+
+def landmark_box(
+    points: np.ndarray, height: int, width: int, margin: float, min_confidence: float
+) -> np.ndarray:
+    """(F, P, 3) landmarks, x and y in [0, 1] -> (F, height, width) bool: the cells meeting each frame's
+    box around its confident landmarks, widened by `margin` cells; False where under two are confident."""
+    ok = np.all(np.isfinite(points), axis=-1) & (np.nan_to_num(points[..., 2]) >= min_confidence)  # (F, P)
+    x = np.where(ok, points[..., 0] * width, np.nan)  # (F, P) in cells
+    y = np.where(ok, points[..., 1] * height, np.nan)
     seen = ok.sum(axis=1) >= 2  # (F,)
     with warnings.catch_warnings():  # all-NaN rows ("All-NaN slice") are the frames `seen` leaves out
         warnings.simplefilter("ignore", RuntimeWarning)
@@ -107,5 +140,4 @@ def mouth_mask(
     cols, rows = np.arange(width, dtype=np.float32), np.arange(height, dtype=np.float32)
     in_x = (cols[None] + 1 > x0[:, None]) & (cols[None] < x1[:, None]) & seen[:, None]  # (F, W): [j, j+1)
     in_y = (rows[None] + 1 > y0[:, None]) & (rows[None] < y1[:, None])  # (F, H); NaN bounds compare False
-    per_frame = (in_y[:, :, None] & in_x[:, None, :]).astype(np.float32)  # (F, H, W)
-    return latent_frame_max(per_frame)
+    return in_y[:, :, None] & in_x[:, None, :]  # (F, H, W)

@@ -5,8 +5,8 @@
 The dataset is one built by `python -m data_pipeline.build` without `--vae` (records hold RGB frames).
 Each step draws `batch_size` clips (a seeded permutation per epoch, so the iterator state is the step),
 crops `clip_frames` (1 + 4k) consecutive frames and trains the VAE of `omnihuman_jax.vae_train_step`
-(L1 + SSIM + KL, and an optional motion-weighted L1: `loss.motion_l1`). Orbax checkpoints go to
-W/checkpoints every `checkpoint_every` steps; running again
+(L1 + SSIM + KL, and optional motion- and landmark-region-weighted L1s: `loss.motion_l1`,
+`loss.region_l1`). Orbax checkpoints go to W/checkpoints every `checkpoint_every` steps; running again
 resumes from the newest. At the end the latent statistics are measured (so the exported config's
 shift/scaling factors give unit-variance latents) and the VAE is written to `--out` (default W/vae) as
 an `AutoencoderKLHunyuanVideo` folder that `omnihuman_jax.interop.diffusers_vae.load_vae`, the data
@@ -56,7 +56,11 @@ def default_config() -> ml_collections.ConfigDict:
             latent_channels=4,
             norm_num_groups=4,
             mid_block_add_attention=False,
-            loss=dict(l1=1.0, ssim=0.2, kl=1e-6, motion_l1=0.0),
+            # region_l1: an L1 over boxes around the mouth and hand landmarks of each frame (records
+            # without keypoints add none), normalised like motion_l1; `region_margin` widens each box by
+            # this fraction of the frame's short side.
+            loss=dict(l1=1.0, ssim=0.2, kl=1e-6, motion_l1=0.0, region_l1=0.0),
+            region_margin=0.03,
             optimizer=dict(
                 lr=2e-3,
                 warmup_steps=10,
@@ -113,11 +117,15 @@ class ClipFrames:
         clip_frames: int,
         seed: int,
         crop: int = 0,
+        region_margin: float | None = None,
     ):
         from data_pipeline.tfds_builder import open_data_source
 
         self.source = open_data_source(data_dir, name, split)
         self.batch_size, self.clip_frames, self.seed, self.crop = batch_size, clip_frames, seed, crop
+        # None: frames only. Otherwise each clip also gets its landmark region map (mouth and hands boxes
+        # widened by `region_margin` of the frame's short side; zeros for a record without keypoints).
+        self.region_margin = region_margin
         if crop % 8:
             raise ValueError(
                 f"crop_size={crop} must be a multiple of 8 (the VAE's spatial compression), or 0"
@@ -131,7 +139,7 @@ class ClipFrames:
             raise ValueError(f"{data_dir} stores latents, not frames; build the VAE's dataset without --vae")
         self.step = 0
 
-    def _clip(self, record: dict, rng: np.random.Generator) -> np.ndarray:
+    def _clip(self, record: dict, rng: np.random.Generator) -> tuple[np.ndarray, np.ndarray | None]:
         frames = np.asarray(record["frames"])  # (F, H, W, 3)
         if frames.shape[0] < self.clip_frames:
             raise ValueError(
@@ -140,23 +148,40 @@ class ClipFrames:
         start = int(rng.integers(frames.shape[0] - self.clip_frames + 1))
         clip = frames[start : start + self.clip_frames]  # (clip_frames, H, W, 3)
         h, w = clip.shape[1:3]
+        region = None
+        if self.region_margin is not None:
+            region = self._region(np.asarray(record["keypoints"]), start, h, w)  # (clip_frames, H, W)
         if self.crop and (self.crop < h or self.crop < w):
             ch, cw = min(self.crop, h), min(self.crop, w)
             y, x = int(rng.integers(h - ch + 1)), int(rng.integers(w - cw + 1))
             clip = clip[:, y : y + ch, x : x + cw]
-        return clip
+            region = None if region is None else region[:, y : y + ch, x : x + cw]
+        return clip, region
 
-    def batch(self, step: int) -> np.ndarray:
+    def _region(self, keypoints: np.ndarray, start: int, h: int, w: int) -> np.ndarray:
+        from data_pipeline.heatmaps import landmark_regions
+
+        if keypoints.shape[0] == 0:
+            return np.zeros((self.clip_frames, h, w), np.float32)
+        kp = keypoints[start : start + self.clip_frames]
+        return landmark_regions(kp, h, w, margin=self.region_margin * min(h, w))
+
+    def batch_with_regions(self, step: int) -> tuple[np.ndarray, np.ndarray | None]:
+        """Clips (B, F, H, W, 3) uint8 and their region maps (B, F, H, W) (None without `region_margin`)."""
         n = len(self.source)
         per_epoch = n // self.batch_size
         epoch, pos = divmod(step, per_epoch)
         order = np.random.default_rng([self.seed, 0x0AE, epoch]).permutation(n)
         rng = np.random.default_rng([self.seed, 0x0AE, epoch, pos, 1])
         idx = order[pos * self.batch_size : (pos + 1) * self.batch_size]
-        return np.stack([self._clip(self.source[int(i)], rng) for i in idx])  # (B, F, H, W, 3)
+        clips, regions = zip(*(self._clip(self.source[int(i)], rng) for i in idx), strict=True)
+        return np.stack(clips), (None if regions[0] is None else np.stack(regions))
 
-    def __next__(self) -> np.ndarray:
-        out = self.batch(self.step)
+    def batch(self, step: int) -> np.ndarray:
+        return self.batch_with_regions(step)[0]  # (B, F, H, W, 3)
+
+    def __next__(self) -> tuple[np.ndarray, np.ndarray | None]:
+        out = self.batch_with_regions(self.step)
         self.step += 1
         return out
 
@@ -223,6 +248,7 @@ def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, 
         config.clip_frames,
         config.seed,
         crop=config.crop_size,
+        region_margin=config.region_margin if config.loss.region_l1 else None,
     )
     ckpt = Checkpointer(workdir, max_to_keep=2)
     meta = {"config": json.loads(config.to_json_best_effort()), "vae_config": cfg.to_diffusers()}
@@ -237,7 +263,10 @@ def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, 
         lr_fn = lr_schedule(config.optimizer, config.total_steps)
         weights = vts.VAELossWeights(**dict(config.loss))
         step_fn = vts.jit_vae_train_step(
-            vts.make_vae_train_step(cfg, optimizer, weights, config.seed, lr_fn), shardings, mesh
+            vts.make_vae_train_step(cfg, optimizer, weights, config.seed, lr_fn),
+            shardings,
+            mesh,
+            with_region=bool(weights.region_l1),
         )
         with open(os.path.join(workdir, "vae_metrics.jsonl"), "a") as log_file:
             t0 = time.perf_counter()
@@ -247,9 +276,11 @@ def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, 
                 if config.causal_inflation and 0 < config.image_steps == step:
                     state = state.replace(params=inflate(state.params))
                     print(f"vae step {step}: causal inflation, video phase starts", flush=True)
-                clips = curriculum_frames(next(data), step, config.image_steps)
-                frames = shd.shard_batch({"frames": clips}, mesh)["frames"]
-                state, metrics = step_fn(state, frames)
+                clips, regions = next(data)
+                batch = {"frames": curriculum_frames(clips, step, config.image_steps)}
+                if regions is not None:
+                    batch["region"] = curriculum_frames(regions, step, config.image_steps)
+                state, metrics = step_fn(state, *shd.shard_batch(batch, mesh).values())
                 step += 1
                 if step % config.log_every == 0 or step == config.total_steps:
                     last = {k: float(v) for k, v in jax.device_get(metrics).items()}

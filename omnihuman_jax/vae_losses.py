@@ -5,7 +5,9 @@ Pure jnp functions on channels-last arrays: L1 + SSIM reconstruction (SSIM of Wa
 Video (B, F, H, W, C) is treated as B * F images, except by the optional motion-weighted L1, which weights
 each pixel by how much the target changes there between frames. Talking-head motion (mouth, hands) covers
 well under 1% of the pixels, so the plain L1 barely sees it; this term is normalised by the weights' sum,
-so it counts the moving pixels as much as the plain L1 counts the whole frame.
+so it counts the moving pixels as much as the plain L1 counts the whole frame. The optional region-weighted
+L1 does the same for a given weight map: boxes around the mouth and hand landmarks, which a lossy VAE
+otherwise blurs away (docs/learning_proof.md, session 12).
 """
 
 from __future__ import annotations
@@ -35,6 +37,17 @@ def motion_weighted_l1(pred: jax.Array, target: jax.Array, eps: float = 1e-6) ->
     )
     err = jnp.abs(pred - target).mean(axis=-1, keepdims=True)  # (B, F, H, W, 1)
     return jnp.sum(weight * err) / (jnp.sum(weight) + eps)
+
+
+def region_weighted_l1(pred: jax.Array, target: jax.Array, region: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """L1 over a weight map (B, F, H, W) in [0, 1], e.g. landmark boxes of the mouth and hands: -> ().
+
+    Normalised by the weights' sum like `motion_weighted_l1`, so the region counts as much as the whole
+    frame does in the plain L1, however few pixels it covers; 0 when the map is empty.
+    """
+    w = region.astype(jnp.float32)[..., None]  # (B, F, H, W, 1)
+    err = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)).mean(axis=-1, keepdims=True)
+    return jnp.sum(w * err) / (jnp.sum(w) + eps)
 
 
 def _gaussian_window(size: int, sigma: float) -> jax.Array:
@@ -108,10 +121,14 @@ def vae_loss(
     ssim_weight: float = 0.2,
     kl_weight: float = 1e-6,
     motion_l1_weight: float = 0.0,
+    region: jax.Array | None = None,
+    region_l1_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
-    """Weighted L1 (element mean) + (1 - SSIM) + KL (per-sample sum, batch mean) + motion-weighted L1.
+    """Weighted L1 (element mean) + (1 - SSIM) + KL (per-sample sum, batch mean) + motion-weighted L1
+    + region-weighted L1 over `region` (B, F, H, W).
 
-    Returns (loss, parts); the motion term is computed and reported only when its weight is non-zero.
+    Returns (loss, parts); the motion and region terms are computed and reported only when their
+    weights are non-zero (the region term needs `region`).
     """
     parts = {
         "l1": l1_loss(pred, target),
@@ -122,4 +139,9 @@ def vae_loss(
     if motion_l1_weight:
         parts["motion_l1"] = motion_weighted_l1(pred, target)
         loss = loss + motion_l1_weight * parts["motion_l1"]
+    if region_l1_weight:
+        if region is None:
+            raise ValueError("region_l1_weight > 0 needs a region map (B, F, H, W)")
+        parts["region_l1"] = region_weighted_l1(pred, target, region)
+        loss = loss + region_l1_weight * parts["region_l1"]
     return loss, parts

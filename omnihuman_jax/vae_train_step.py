@@ -63,6 +63,7 @@ class VAELossWeights:
     ssim: float = 0.2
     kl: float = 1e-6
     motion_l1: float = 0.0
+    region_l1: float = 0.0  # weight of the L1 over landmark regions; the step then takes a region map
 
 
 def vae_param_shardings(cfg: VAEConfig, mesh: Mesh, rules) -> Params:
@@ -164,9 +165,13 @@ def make_vae_train_step(
     seed: int,
     lr_fn: Callable[[jax.Array], jax.Array] | None = None,
 ) -> StepFn:
-    """(state, frames (B, F, H, W, 3) uint8) -> (state, metrics). Non-finite steps leave params unchanged."""
+    """(state, frames (B, F, H, W, 3) uint8[, region (B, F, H, W)]) -> (state, metrics).
 
-    def loss_fn(params: Params, x: jax.Array, rng: jax.Array):
+    `region` is the weight map of `weights.region_l1` (required when that weight is non-zero). Non-finite
+    steps leave params unchanged.
+    """
+
+    def loss_fn(params: Params, x: jax.Array, rng: jax.Array, region: jax.Array | None):
         mean, logvar = encode_moments(cfg, params, x)  # (B, T, h, w, L) each
         z = posterior_sample(mean, logvar, rng)
         recon = decode_unscaled(cfg, params, z)  # (B, F, H, W, 3)
@@ -179,13 +184,15 @@ def make_vae_train_step(
             ssim_weight=weights.ssim,
             kl_weight=weights.kl,
             motion_l1_weight=weights.motion_l1,
+            region=region,
+            region_l1_weight=weights.region_l1,
         )
         return loss, parts
 
-    def step(state: VAETrainState, frames: jax.Array):
+    def step(state: VAETrainState, frames: jax.Array, region: jax.Array | None = None):
         x = frames_to_unit_range(frames)
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
-        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, rng)
+        (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, rng, region)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
         updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
@@ -206,12 +213,16 @@ def make_vae_train_step(
     return step
 
 
-def jit_vae_train_step(step_fn: StepFn, shardings: VAETrainState, mesh: Mesh) -> StepFn:
-    """jit with the state's shardings in and out (donated) and the frames sharded over (data, fsdp)."""
+def jit_vae_train_step(
+    step_fn: StepFn, shardings: VAETrainState, mesh: Mesh, with_region: bool = False
+) -> StepFn:
+    """jit with the state's shardings in and out (donated) and the frames (and region map, when
+    `with_region`) sharded over (data, fsdp)."""
     rep = shd.replicated(mesh)
+    batch_in = (shd.batch_sharding(mesh, 5),) + ((shd.batch_sharding(mesh, 4),) if with_region else ())
     return jax.jit(
         step_fn,
-        in_shardings=(shardings, shd.batch_sharding(mesh, 5)),
+        in_shardings=(shardings, *batch_in),
         out_shardings=(shardings, rep),
         donate_argnums=(0,),
     )

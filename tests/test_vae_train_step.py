@@ -96,3 +96,21 @@ def test_train_step_adds_the_weighted_motion_l1_on_clips_only():
     np.testing.assert_allclose(weighted["loss"] - plain["loss"], 2.0 * weighted["motion_l1"], rtol=1e-5)
     _, image = step(state, clip[:, :1])  # the image phase: no frame-to-frame change to weight
     assert float(image["motion_l1"]) == 0.0
+
+
+def test_train_step_adds_the_weighted_region_l1_over_the_given_map():
+    params = V.init_vae(CFG, jax.random.PRNGKey(0))
+    opt = optax.sgd(0.0)
+    state = vts.VAETrainState(
+        step=jnp.zeros((), jnp.int32),
+        params=params,
+        opt_state=opt.init(params),
+        nonfinite_total=jnp.zeros((), jnp.int32),
+    )
+    clip = jnp.asarray(np.random.RandomState(3).randint(0, 256, (1, 5, 16, 16, 3)), jnp.uint8)
+    region = jnp.zeros((1, 5, 16, 16)).at[:, :, 4:8, 4:8].set(1.0)
+    _, plain = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(), seed=0)(state, clip)
+    step = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(region_l1=2.0), seed=0)
+    _, weighted = step(state, clip, region)
+    assert "region_l1" not in plain and float(weighted["region_l1"]) > 0
+    np.testing.assert_allclose(weighted["loss"] - plain["loss"], 2.0 * weighted["region_l1"], rtol=1e-5)

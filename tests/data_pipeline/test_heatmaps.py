@@ -91,3 +91,21 @@ def test_mouth_mask_ignores_unconfident_or_missing_landmarks():
     assert not heatmaps.mouth_mask(kp, 8, 8).any()
     with pytest.raises(ValueError, match="1 \\+ 4k"):
         heatmaps.mouth_mask(np.zeros((3, 133, 3), np.float32), 8, 8)
+
+
+def test_landmark_regions_are_one_box_per_mouth_and_hand_per_frame():
+    kp = np.zeros((2, 133, 3), np.float32)
+    kp[:, :, 2] = 1.0
+    kp[:, :71, :2] = 0.5  # body and face landmarks (not the mouth): in no region
+    kp[:, 71:91, :2] = (0.25, 0.25)
+    kp[:, 71:91, 0] += np.linspace(0.0, 0.125, 20)  # mouth: x 8 .. 12 px, y 8 px on a 32 x 32 frame
+    kp[:, 91:112, :2] = (0.75, 0.75)  # left hand: one point at (24, 24) px
+    kp[:, 91:112, 0] += np.linspace(0.0, 0.0625, 21)  # ... spread to x 24 .. 26 px
+    kp[:, 112:133, 2] = 0.0  # right hand not detected: no box
+    kp[1, 91:112, 2] = 0.0  # in frame 1 the left hand is gone too
+    m = heatmaps.landmark_regions(kp, 32, 32, margin=1.0)
+    assert m.shape == (2, 32, 32) and m.dtype == np.float32
+    want = np.zeros((2, 32, 32), np.float32)
+    want[:, 7:9, 7:13] = 1.0  # mouth box x 7 .. 13, y 7 .. 9 (pixels [j, j+1) meeting it)
+    want[0, 23:25, 23:27] = 1.0  # left-hand box x 23 .. 27, y 23 .. 25
+    np.testing.assert_array_equal(m, want)

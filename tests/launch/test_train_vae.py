@@ -124,6 +124,34 @@ def test_crop_size_reaches_the_clip_batches(data_dir):
     assert cropped.batch(0).shape == (2, 5, 8, 8, 3)
 
 
+def test_region_maps_are_the_landmark_boxes_of_each_clip_and_follow_its_crop(data_dir):
+    from data_pipeline.heatmaps import landmark_regions
+
+    plain = train_vae.ClipFrames(data_dir, "omnihuman_clips", "train", 2, 5, 0)
+    assert plain.batch_with_regions(0)[1] is None
+    with_regions = train_vae.ClipFrames(data_dir, "omnihuman_clips", "train", 2, 5, 0, region_margin=0.1)
+    frames, regions = with_regions.batch_with_regions(0)
+    np.testing.assert_array_equal(frames, plain.batch(0))  # the same clips either way
+    assert regions.shape == (2, 5, 16, 16) and regions.any()
+    want = []
+    for i in range(len(with_regions.source)):  # each clip's map is its record's boxes at some start
+        kp = np.asarray(with_regions.source[i]["keypoints"])
+        want += [landmark_regions(kp[s : s + 5], 16, 16, margin=1.6) for s in range(kp.shape[0] - 4)]
+    for r in regions:
+        assert any(np.array_equal(r, w) for w in want)
+    cropped = train_vae.ClipFrames(data_dir, "omnihuman_clips", "train", 2, 5, 0, crop=8, region_margin=0.1)
+    frames, regions = cropped.batch_with_regions(0)
+    assert frames.shape == (2, 5, 8, 8, 3) and regions.shape == (2, 5, 8, 8)
+
+
+def test_region_l1_trains_and_logs_its_term(data_dir, tmp_path):
+    cfg = _config(total_steps=2, image_steps=1)
+    cfg.loss.region_l1 = 1.0
+    last = train_vae.train_vae(cfg, data_dir, str(tmp_path))
+    assert last["step"] == 2 and last["region_l1"] > 0
+    assert all("region_l1" in json.loads(line) for line in (tmp_path / "vae_metrics.jsonl").open())
+
+
 def test_curriculum_trains_on_single_frames_before_image_steps_then_on_clips():
     clips = np.arange(2 * 5 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 5, 4, 4, 3)
     early = train_vae.curriculum_frames(clips, step=2, image_steps=3)

@@ -155,6 +155,23 @@ def test_motion_weighted_l1_counts_only_pixels_that_move():
     assert float(vae_losses.motion_weighted_l1(target[:, :1] + 1.0, target[:, :1])) == 0.0  # single frame
 
 
+def test_region_weighted_l1_is_the_mean_error_inside_the_region_and_zero_without_one():
+    target = jnp.zeros((1, 2, 4, 4, 3))
+    pred = target.at[:, :, 0, 0, :].add(0.6).at[:, 0, 3, 3, :].add(0.2)  # errors in two places
+    region = jnp.zeros((1, 2, 4, 4)).at[:, 0, 3, 3].set(1.0).at[:, 1, 3, 3].set(1.0)
+    # the region holds (frame 0, 3, 3), error 0.2, and (frame 1, 3, 3), error 0: mean 0.1
+    assert float(vae_losses.region_weighted_l1(pred, target, region)) == pytest.approx(0.1, rel=1e-4)
+    assert float(vae_losses.region_weighted_l1(pred, target, jnp.zeros_like(region))) == 0.0
+    loss, parts = vae_losses.vae_loss(
+        pred, target, jnp.zeros(4), jnp.zeros(4), region=region, region_l1_weight=3.0
+    )
+    plain, plain_parts = vae_losses.vae_loss(pred, target, jnp.zeros(4), jnp.zeros(4))
+    assert "region_l1" not in plain_parts
+    assert float(loss - plain) == pytest.approx(3.0 * float(parts["region_l1"]), rel=1e-5)
+    with pytest.raises(ValueError, match="region map"):
+        vae_losses.vae_loss(pred, target, jnp.zeros(4), jnp.zeros(4), region_l1_weight=1.0)
+
+
 def test_vae_loss_adds_the_motion_term_only_when_weighted():
     target = jnp.zeros((1, 3, 16, 16, 3)).at[:, 1:, 4:8, 4:8, :].set(1.0)
     pred = jnp.broadcast_to(target[:, :1], target.shape)
