@@ -79,7 +79,8 @@ def test_inflated_encoder_codes_latent_frame_1_from_frame_4_not_frames_1_and_3()
     assert float(jnp.max(jnp.abs(mean[:, 1] - mean_even[:, 1]))) > 1e-2
 
 
-def test_train_step_adds_the_weighted_motion_l1_on_clips_only():
+def _frozen_state_and_clip() -> tuple[optax.GradientTransformation, vts.VAETrainState, jax.Array]:
+    """A zero-rate optimizer, its train state and one random 5-frame clip (1, 5, 16, 16, 3) uint8."""
     params = V.init_vae(CFG, jax.random.PRNGKey(0))
     opt = optax.sgd(0.0)
     state = vts.VAETrainState(
@@ -89,6 +90,11 @@ def test_train_step_adds_the_weighted_motion_l1_on_clips_only():
         nonfinite_total=jnp.zeros((), jnp.int32),
     )
     clip = jnp.asarray(np.random.RandomState(3).randint(0, 256, (1, 5, 16, 16, 3)), jnp.uint8)
+    return opt, state, clip
+
+
+def test_train_step_adds_the_weighted_motion_l1_on_clips_only():
+    opt, state, clip = _frozen_state_and_clip()
     _, plain = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(), seed=0)(state, clip)
     step = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(motion_l1=2.0), seed=0)
     _, weighted = step(state, clip)
@@ -99,15 +105,7 @@ def test_train_step_adds_the_weighted_motion_l1_on_clips_only():
 
 
 def test_train_step_adds_the_weighted_region_l1_over_the_given_map():
-    params = V.init_vae(CFG, jax.random.PRNGKey(0))
-    opt = optax.sgd(0.0)
-    state = vts.VAETrainState(
-        step=jnp.zeros((), jnp.int32),
-        params=params,
-        opt_state=opt.init(params),
-        nonfinite_total=jnp.zeros((), jnp.int32),
-    )
-    clip = jnp.asarray(np.random.RandomState(3).randint(0, 256, (1, 5, 16, 16, 3)), jnp.uint8)
+    opt, state, clip = _frozen_state_and_clip()
     region = jnp.zeros((1, 5, 16, 16)).at[:, :, 4:8, 4:8].set(1.0)
     _, plain = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(), seed=0)(state, clip)
     step = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(region_l1=2.0), seed=0)
