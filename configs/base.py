@@ -91,6 +91,8 @@ def get_base_config(stage: int, preset: str) -> ml_collections.ConfigDict:
             # > 0: the loss weight of latent positions in the mouth region is 1 + lip_weight (the batch then
             # carries `lip_mask`, from the clips' mouth landmarks; clips without keypoints weight nothing)
             lip_weight=0.0,
+            # The same for the hands (`hand_mask`, from the hand landmarks): the pose-driven motion.
+            hand_weight=0.0,
             num_timestep_buckets=4,
         )
     )

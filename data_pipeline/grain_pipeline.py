@@ -34,7 +34,7 @@ import numpy as np
 
 from data_pipeline import heatmaps, masking, records, tfds_builder
 from data_pipeline.synthetic import local_batch_size
-from omnihuman_jax.batch import uses_lip_mask
+from omnihuman_jax.batch import region_weights
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class _BatchLoader:
         self.channels, self.scale = int(m.latent_channels), int(m.pose_heatmap_scale)
         # Frames-only datasets: heatmaps at (H / r * s, W / r * s), as the online-encoded latents will be.
         self.vae_ratio = int(config.get("vae", {}).get("spatial_compression_ratio", 8))
-        self.lip_mask = uses_lip_mask(config)
+        self.region_masks = tuple(region_weights(config))
         self.batch_size = int(config.batch_size)
         self.local_batch = local_batch_size(self.batch_size, process[1])
         self.first_sample = process[0] * self.local_batch
@@ -200,10 +200,10 @@ class _BatchLoader:
             out["pose_heatmaps"] = heatmaps.render_heatmaps(record["keypoints"], *hm_size)
         else:
             out["pose_heatmaps"] = np.zeros((num_frames, *hm_size, heatmaps.NUM_CHANNELS), np.float32)
-        if self.lip_mask:  # from the landmarks whether or not pose is a condition of this sample
+        for key in self.region_masks:  # from the landmarks whether or not pose is a condition of this sample
             kp = record["keypoints"]
-            out["lip_mask"] = (
-                heatmaps.mouth_mask(kp, h, w) if kp.shape[0] else np.zeros((t, h, w), np.float32)
+            out[key] = (
+                heatmaps.LATENT_REGIONS[key](kp, h, w) if kp.shape[0] else np.zeros((t, h, w), np.float32)
             )
         out["motion_mask"], out["condition_mask"] = np.zeros(t, bool), mask
         masking.apply_condition_mask(out, mask, self.motion_frames)

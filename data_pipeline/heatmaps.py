@@ -6,8 +6,9 @@ right hand (21). A keypoint adds a Gaussian blob weighted by its confidence; a g
 points' blobs and is clipped to [0, 1]. Each blob is separable, exp(-dx^2) * exp(-dy^2), so a channel is one
 (H, K) @ (K, W) matrix product per frame, never a (K, H, W) stack.
 
-`mouth_mask` rasterises the mouth landmarks onto the latent grid, per latent frame: the region that the
-flow loss can weight up (`flow.lip_weight`), since a mouth covers a few of a frame's latent positions.
+`mouth_mask` and `hand_mask` rasterise the mouth and hand landmarks onto the latent grid, per latent frame:
+the regions that the flow loss can weight up (`flow.lip_weight`, `flow.hand_weight`), since a mouth or a
+hand covers a few of a frame's latent positions.
 `landmark_regions` does the same per video frame in pixels for the mouth and both hands: the region the
 VAE's reconstruction loss can weight up (`launch.train_vae`'s `loss.region_l1`).
 """
@@ -99,9 +100,23 @@ def mouth_mask(
     return latent_frame_max(per_frame.astype(np.float32))
 
 
+def hand_mask(
+    keypoints: np.ndarray, height: int, width: int, margin: float = 0.5, min_confidence: float = 0.3
+) -> np.ndarray:
+    """Keypoints (F, 133, 3) -> (T, height, width) float32 in {0, 1} on the latent grid: `mouth_mask` for
+    the two hands, one box per hand (their union, not one box spanning both)."""
+    kp = _check_keypoints(keypoints)
+    boxes = [landmark_box(kp[:, a:b], height, width, margin, min_confidence) for a, b in HANDS]
+    return latent_frame_max(np.logical_or(*boxes).astype(np.float32))
+
+
+HANDS = ((91, 112), (112, 133))  # COCO-WholeBody left and right hand landmarks
+# The flow loss's landmark masks by batch key (omnihuman_jax.batch.REGION_MASKS).
+LATENT_REGIONS = {"lip_mask": mouth_mask, "hand_mask": hand_mask}
+
 # Landmark groups whose pixels a reconstruction loss can weight up: they are small and they carry the
 # audio- and pose-driven motion (mouth: audio; hands: pose).
-REGION_GROUPS: tuple[tuple[int, int], ...] = (MOUTH, (91, 112), (112, 133))
+REGION_GROUPS: tuple[tuple[int, int], ...] = (MOUTH, *HANDS)
 
 
 def landmark_regions(

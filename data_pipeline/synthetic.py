@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline import heatmaps, masking, records
-from omnihuman_jax.batch import uses_lip_mask
+from omnihuman_jax.batch import region_weights
 
 
 def local_batch_size(batch_size: int, process_count: int) -> int:
@@ -49,7 +49,7 @@ class SyntheticSource:
         scale = int(m.pose_heatmap_scale)
         self.pose_shape = (self.num_frames, self.h * scale, self.w * scale, int(m.pose_channels))
         self.pooled_dim = int(m.get("pooled_text_dim", 0))
-        self.lip_mask = uses_lip_mask(config)
+        self.region_masks = tuple(region_weights(config))
         self.eligible = masking.eligibility(
             text_mask=np.ones(1, bool), audio_eligible=True, pose_eligible=True, latent_frames=self.t
         )
@@ -102,8 +102,8 @@ class SyntheticSource:
             motion_mask=np.zeros(self.t, bool),
             condition_mask=mask,
         )
-        if self.lip_mask:  # random latents have no mouth landmarks: an empty mouth region
-            out["lip_mask"] = np.zeros((self.t, self.h, self.w), np.float32)
+        for key in self.region_masks:  # random latents have no landmarks: empty mouth and hand regions
+            out[key] = np.zeros((self.t, self.h, self.w), np.float32)
         if self.pooled_dim > 0:
             out["text_pooled"] = rng.standard_normal(self.pooled_dim, dtype=np.float32)
         masking.apply_condition_mask(out, mask, self.motion_frames)

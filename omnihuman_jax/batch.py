@@ -8,11 +8,17 @@ import numpy as np
 
 from omnihuman_jax.conditions import CONDITIONS
 
+# Landmark regions the flow loss can weight up: batch key -> the `flow` weight that turns it on. Each mask is
+# (B, T, h, w) on the latent grid, rasterised from the clip's keypoints by the data pipeline.
+REGION_MASKS: dict[str, str] = {"lip_mask": "lip_weight", "hand_mask": "hand_weight"}
 
-def uses_lip_mask(config: Any) -> bool:
-    """True when `flow.lip_weight` > 0: the batch then carries `lip_mask` (B, T, h, w), the mouth region the
-    loss weights up. Run configs saved before the key existed have no lip weight."""
-    return float(config.get("flow", {}).get("lip_weight", 0.0)) > 0
+
+def region_weights(config: Any) -> dict[str, float]:
+    """Batch key -> loss weight of each landmark region mask in use (weight > 0). Run configs saved before a
+    weight existed have none."""
+    flow = config.get("flow", {})
+    weights = {key: float(flow.get(name, 0.0)) for key, name in REGION_MASKS.items()}
+    return {key: w for key, w in weights.items() if w > 0}
 
 
 def batch_shapes(config: Any, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
@@ -30,8 +36,8 @@ def batch_shapes(config: Any, batch_size: int) -> dict[str, tuple[tuple[int, ...
         "motion_mask": ((batch_size, t), np.bool_),
         "condition_mask": ((batch_size, len(CONDITIONS)), np.bool_),
     }
-    if uses_lip_mask(config):
-        shapes["lip_mask"] = ((batch_size, t, h, w), np.float32)
+    for key in region_weights(config):
+        shapes[key] = ((batch_size, t, h, w), np.float32)
     if m.pooled_text_dim:
         shapes["text_pooled"] = ((batch_size, m.pooled_text_dim), np.float32)
     if m.guidance_embeds:

@@ -90,7 +90,8 @@ def validate_config(config: Any) -> list[str]:
     _require(config.flow.shift > 0, "flow.shift", "must be positive")
     _require(config.flow.motion_weight >= 0, "flow.motion_weight", "must be >= 0 (0 turns it off)")
     _require(config.flow.motion_noise >= 0, "flow.motion_noise", "must be >= 0 (0 turns it off)")
-    _require(config.flow.get("lip_weight", 0.0) >= 0, "flow.lip_weight", "must be >= 0 (0 turns it off)")
+    for name in ("lip_weight", "hand_weight"):
+        _require(config.flow.get(name, 0.0) >= 0, f"flow.{name}", "must be >= 0 (0 turns it off)")
     s = config.shape
     p = config.model.patch_size
     _require(

@@ -65,15 +65,19 @@ def motion_weights(latents: jax.Array, strength: float, eps: float = 1e-6) -> ja
     return jax.lax.stop_gradient((1.0 + strength * rel) / (1.0 + strength))
 
 
-def lip_weights(lip_mask: jax.Array, strength: float) -> jax.Array:
-    """(B, T, h, w) mouth mask in [0, 1] -> loss weights 1 + strength * mask.
+def region_loss_weights(masks: dict[str, jax.Array], strengths: dict[str, float]) -> jax.Array:
+    """(B, T, h, w) landmark masks in [0, 1] (mouth, hands) -> loss weights 1 + sum_k strength_k * mask_k.
 
-    The mouth covers a few of a frame's latent positions (the data pipeline rasterises its landmarks,
-    `data_pipeline.heatmaps.mouth_mask`), so with plain MSE the audio-driven lip motion is a small part of
-    the loss. The rest keeps weight 1: identity and body learn as before. A sample with no landmarks has an
-    all-zero mask and its plain loss.
+    A mouth or a hand covers a few of a frame's latent positions (the data pipeline rasterises its
+    landmarks, `data_pipeline.heatmaps`), so with plain MSE the audio-driven lips and the pose-driven hands
+    are a small part of the loss. The rest keeps weight 1: identity and body learn as before. A sample with
+    no landmarks has all-zero masks and its plain loss.
     """
-    return 1.0 + strength * jax.lax.stop_gradient(lip_mask.astype(jnp.float32))
+    total = None
+    for key, strength in strengths.items():
+        w = strength * jax.lax.stop_gradient(masks[key].astype(jnp.float32))
+        total = w if total is None else total + w
+    return 1.0 + total
 
 
 def per_sample_loss(

@@ -18,7 +18,7 @@ from jax.sharding import Mesh
 
 from omnihuman_jax import flow_matching as fm
 from omnihuman_jax import sharding as shd
-from omnihuman_jax.batch import uses_lip_mask
+from omnihuman_jax.batch import region_weights
 from omnihuman_jax.conditions import INDEX, model_inputs
 from omnihuman_jax.train_state import TrainState, lr_multiplier_tree
 
@@ -42,9 +42,9 @@ def make_loss_fn(model: nn.Module, config: Any) -> Callable:
         pred = model.apply({"params": params}, model_inputs(cond, x_t), t)
         motion = batch["motion_mask"].astype(bool) & batch["condition_mask"][:, INDEX["motion"], None]
         weights = fm.motion_weights(latents, flow.motion_weight) if flow.motion_weight > 0 else None
-        if uses_lip_mask(config):
-            lip = fm.lip_weights(batch["lip_mask"], flow.lip_weight)  # (B, T, h, w)
-            weights = lip if weights is None else weights * lip
+        if regions := region_weights(config):
+            landmarks = fm.region_loss_weights(batch, regions)  # (B, T, h, w)
+            weights = landmarks if weights is None else weights * landmarks
         per_sample = fm.per_sample_loss(pred, fm.velocity_target(latents, noise), motion, weights)  # (B,)
         loss = jnp.mean(per_sample * fm.loss_weight(t, flow.loss_weighting))
         return loss, per_sample

@@ -119,8 +119,26 @@ def test_train_loss_weights_the_mouth_region_by_lip_weight_only_when_configured(
     _, plain = make_loss_fn(model, cfg)(params, batch)
     cfg.flow.lip_weight = 9.0
     _, weighted = make_loss_fn(model, cfg)(params, batch)
-    np.testing.assert_allclose(np.asarray(fm.lip_weights(lip, 9.0))[0, :, 2, 3], 10.0)
+    np.testing.assert_allclose(
+        np.asarray(fm.region_loss_weights({"lip_mask": lip}, {"lip_mask": 9.0}))[0, :, 2, 3], 10.0
+    )
     want = _by_hand(model, params, batch, 1.0 + 9.0 * lip)
     np.testing.assert_allclose(np.asarray(weighted), np.asarray(want), rtol=1e-5)
     assert float(weighted[0]) > 1.05 * float(plain[0])  # the mouth region counts 10x
     np.testing.assert_allclose(float(weighted[1]), float(plain[1]), rtol=1e-6)  # no landmarks: unchanged
+
+
+def test_train_loss_adds_the_hand_weight_over_the_mouth_weight_where_regions_overlap():
+    cfg = tiny_config(batch_size=2)
+    model, params, batch = _loss_case(cfg)
+    shape = batch["latents"].shape[:-1]
+    batch["lip_mask"] = jnp.zeros(shape).at[0, :, 2:4, 3:5].set(1.0)
+    batch["hand_mask"] = jnp.zeros(shape).at[0, :, 3:6, 4:6].set(1.0).at[1, :, 0:2, 0:2].set(1.0)
+    cfg.flow.lip_weight, cfg.flow.hand_weight = 9.0, 4.0
+    _, weighted = make_loss_fn(model, cfg)(params, batch)
+    want = _by_hand(model, params, batch, 1.0 + 9.0 * batch["lip_mask"] + 4.0 * batch["hand_mask"])
+    np.testing.assert_allclose(np.asarray(weighted), np.asarray(want), rtol=1e-5)
+    cfg.flow.lip_weight = 0.0  # only the hands: the mouth mask in the batch is ignored
+    _, hands = make_loss_fn(model, cfg)(params, batch)
+    want = _by_hand(model, params, batch, 1.0 + 4.0 * batch["hand_mask"])
+    np.testing.assert_allclose(np.asarray(hands), np.asarray(want), rtol=1e-5)

@@ -157,6 +157,12 @@ def test_bad_lr_multipliers_fail_at_start_naming_the_key(spec, message):
         validate_config(tiny_config(**{"optimizer.lr_multipliers": spec}))
 
 
+@pytest.mark.parametrize("key", ["flow.lip_weight", "flow.hand_weight"])
+def test_negative_region_weight_fails_at_start_naming_the_key(key):
+    with pytest.raises(ConfigError, match=f"{key}: must be >= 0"):
+        validate_config(tiny_config(**{key: -1.0}))
+
+
 def test_lr_multiplier_pattern_that_matches_no_parameter_is_an_error():
     params = {"transformer_blocks_0": {"audio_attn": {"to_out": {"kernel": np.zeros((2, 2))}}}}
     tree = lr_multiplier_tree(params, "audio_attn=3, to_out=5")  # the first matching rule wins

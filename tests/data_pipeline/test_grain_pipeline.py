@@ -280,24 +280,30 @@ def test_dataset_from_build_cli_without_text_encoder_trains_with_text_ratio_zero
     assert not b["condition_mask"][:, 0].any() and b["text_mask"][:, 0].all() and not b["text_emb"].any()
 
 
-def test_lip_weight_adds_each_clips_mouth_mask_from_its_landmarks(dataset):
-    """With flow.lip_weight the batch carries lip_mask (B, T, h, w): the record's mouth landmarks on the
-    latent grid (heatmaps.mouth_mask), whether or not pose is on; zeros for a clip without keypoints."""
+@pytest.mark.parametrize(
+    ("weight", "key", "rasterise"),
+    [("lip_weight", "lip_mask", heatmaps.mouth_mask), ("hand_weight", "hand_mask", heatmaps.hand_mask)],
+)
+def test_region_weight_adds_each_clips_landmark_mask(dataset, weight, key, rasterise):
+    """With flow.lip_weight (flow.hand_weight) the batch carries lip_mask (hand_mask) (B, T, h, w): the
+    record's mouth (hand) landmarks on the latent grid, whether or not pose is on; zeros for a clip
+    without keypoints."""
     path, by_latents = dataset
     cfg = _config(path)
-    cfg.flow.lip_weight = 5.0
+    cfg.flow[weight] = 5.0
     batches = _take(grain_pipeline.make_train_iterator(cfg), 6)
     with_kp = without_kp = 0
     for b in batches:
-        assert b["lip_mask"].shape == b["latents"].shape[:-1] and b["lip_mask"].dtype == np.float32
+        assert b[key].shape == b["latents"].shape[:-1] and b[key].dtype == np.float32
         for i in range(b["latents"].shape[0]):
             rec = by_latents[b["latents"][i].tobytes()]
             h, w = rec["latents"].shape[1:3]
             if rec["keypoints"].shape[0]:
                 with_kp += 1
-                np.testing.assert_array_equal(b["lip_mask"][i], heatmaps.mouth_mask(rec["keypoints"], h, w))
+                np.testing.assert_array_equal(b[key][i], rasterise(rec["keypoints"], h, w))
             else:
                 without_kp += 1
-                assert not b["lip_mask"][i].any()
+                assert not b[key][i].any()
     assert with_kp and without_kp
-    assert "lip_mask" not in _take(grain_pipeline.make_train_iterator(_config(path)), 1)[0]
+    plain = _take(grain_pipeline.make_train_iterator(_config(path)), 1)[0]
+    assert "lip_mask" not in plain and "hand_mask" not in plain

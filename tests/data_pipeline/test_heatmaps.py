@@ -109,3 +109,17 @@ def test_landmark_regions_are_one_box_per_mouth_and_hand_per_frame():
     want[:, 7:9, 7:13] = 1.0  # mouth box x 7 .. 13, y 7 .. 9 (pixels [j, j+1) meeting it)
     want[0, 23:25, 23:27] = 1.0  # left-hand box x 23 .. 27, y 23 .. 25
     np.testing.assert_array_equal(m, want)
+
+
+def test_hand_mask_is_one_box_per_hand_per_latent_frame():
+    kp = np.zeros((5, 133, 3), np.float32)  # 5 video frames = latent frames 0 and 1
+    kp[:, 91:112, :2] = (0.25, 0.75)  # left hand at cell (4, 12) of a 16 x 16 grid
+    kp[:, 112:133, :2] = (0.75, 0.75)  # right hand at cell (12, 12)
+    kp[:, 91:133, 2] = 1.0
+    kp[:, 71:91, :2], kp[:, 71:91, 2] = 0.5, 1.0  # the mouth: not a hand
+    kp[2, 112:133, 0] = 0.875  # frame 2 (latent frame 1) moves the right hand to cell 14
+    m = heatmaps.hand_mask(kp, 16, 16)  # margin 0.5 cell
+    want = np.zeros((2, 16, 16), np.float32)
+    want[:, 11:13, 3:5] = want[:, 11:13, 11:13] = 1.0  # boxes x 3.5 .. 4.5 and 11.5 .. 12.5
+    want[1, 11:13, 13:15] = 1.0  # latent frame 1 also covers frame 2's right hand
+    np.testing.assert_array_equal(m, want)
