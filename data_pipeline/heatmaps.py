@@ -95,9 +95,7 @@ def mouth_mask(
     cells on each side; a latent frame takes the union over its video frames. Frames with fewer than
     two confident mouth landmarks add nothing.
     """
-    kp = _check_keypoints(keypoints)
-    per_frame = landmark_box(kp[:, MOUTH[0] : MOUTH[1]], height, width, margin, min_confidence)  # (F, H, W)
-    return latent_frame_max(per_frame.astype(np.float32))
+    return latent_frame_max(landmark_union(keypoints, (MOUTH,), height, width, margin, min_confidence))
 
 
 def hand_mask(
@@ -105,9 +103,7 @@ def hand_mask(
 ) -> np.ndarray:
     """Keypoints (F, 133, 3) -> (T, height, width) float32 in {0, 1} on the latent grid: `mouth_mask` for
     the two hands, one box per hand (their union, not one box spanning both)."""
-    kp = _check_keypoints(keypoints)
-    boxes = [landmark_box(kp[:, a:b], height, width, margin, min_confidence) for a, b in HANDS]
-    return latent_frame_max(np.logical_or(*boxes).astype(np.float32))
+    return latent_frame_max(landmark_union(keypoints, HANDS, height, width, margin, min_confidence))
 
 
 HANDS = ((91, 112), (112, 133))  # COCO-WholeBody left and right hand landmarks
@@ -127,8 +123,21 @@ def landmark_regions(
     The union of one box per `REGION_GROUPS` group (the mouth, each hand) around its confident landmarks,
     widened by `margin` pixels on each side; a group with fewer than two confident landmarks adds nothing.
     """
+    return landmark_union(keypoints, REGION_GROUPS, height, width, margin, min_confidence)
+
+
+def landmark_union(
+    keypoints: np.ndarray,
+    groups: tuple[tuple[int, int], ...],
+    height: int,
+    width: int,
+    margin: float,
+    min_confidence: float,
+) -> np.ndarray:
+    """Keypoints (F, 133, 3) -> (F, height, width) float32 in {0, 1}: the union of one `landmark_box` per
+    (start, stop) group of the 133 landmarks."""
     kp = _check_keypoints(keypoints)
-    boxes = [landmark_box(kp[:, a:b], height, width, margin, min_confidence) for a, b in REGION_GROUPS]
+    boxes = [landmark_box(kp[:, a:b], height, width, margin, min_confidence) for a, b in groups]
     return np.logical_or.reduce(boxes).astype(np.float32)
 
 

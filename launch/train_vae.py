@@ -304,7 +304,7 @@ def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, 
     params = jax.device_get(state.params)
     if config.causal_inflation and 0 < config.total_steps <= config.image_steps:
         params = vts.inflate_causal(params)  # an image-only run: give its clip path the image code
-    data.crop = 0  # latent statistics of whole frames
+    data.crop, data.region_margin = 0, None  # latent statistics of whole frames; no region maps needed
     stats_batches = [data.batch(10**6 + i) for i in range(max(1, config.stats_batches))]
     mean, std = vts.latent_statistics(cfg, params, stats_batches)
     scaled_cfg = vts.with_latent_scaling(cfg, mean, std)
