@@ -225,7 +225,18 @@ def train_vae(config: Any, data_dir: str, workdir: str, out: str = "") -> dict[s
         return _train_vae(config, data_dir, workdir, out)
 
 
+def check_loss_config(config: Any) -> None:
+    """Fails at start, naming the key, on a negative loss weight or region margin."""
+    for key, value in [
+        *((f"loss.{k}", v) for k, v in dict(config.loss).items()),
+        ("region_margin", config.region_margin),
+    ]:
+        if not float(value) >= 0:
+            raise ValueError(f"{key}={value}: must be >= 0 (0 turns a loss term off)")
+
+
 def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, Any]:
+    check_loss_config(config)
     import jax
 
     from omnihuman_jax import sharding as shd

@@ -172,3 +172,14 @@ def test_vae_is_causally_inflated_when_the_image_phase_ends(data_dir, tmp_path, 
     got = params["decoder"]["conv_in"]["conv"]["kernel"]  # (3, 3, 3, C_in, C_out)
     np.testing.assert_allclose(got, want, atol=1e-6)
     assert not np.any(got[:-1])
+
+
+@pytest.mark.parametrize("key", ["loss.region_l1", "loss.motion_l1", "region_margin"])
+def test_negative_loss_weight_or_margin_fails_at_start_naming_the_key(tmp_path, key):
+    cfg = _config()
+    if key.startswith("loss."):
+        cfg.loss[key[5:]] = -1.0
+    else:
+        cfg[key] = -1.0
+    with pytest.raises(ValueError, match=f"{key}=-1.0: must be >= 0"):
+        train_vae.train_vae(cfg, str(tmp_path / "no_data"), str(tmp_path / "w"))
