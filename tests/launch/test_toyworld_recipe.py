@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 import os
 
+import jax
 import numpy as np
 import pytest
 
@@ -114,7 +115,10 @@ def _held_out_clip_id(root) -> str:
 
 def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path, monkeypatch):
     # The main job's subprocesses see the machine's devices: one on a plain CPU, not the 8 simulated
-    # devices of the test session (the recipe's batches of 2 would not split over 8).
+    # devices of the test session (the recipe's batches of 2 would not split over 8). The in-process scoring
+    # below starts JAX if no earlier test did; start it now, with the session's 8 devices, so that the
+    # changed XLA_FLAGS cannot leave later tests of this session with one device.
+    assert len(jax.devices()) == 8
     flags = os.environ["XLA_FLAGS"].replace("device_count=8", "device_count=1")
     monkeypatch.setenv("XLA_FLAGS", flags)
     cfg = get_config("smoke")
