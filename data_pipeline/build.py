@@ -23,6 +23,7 @@ from typing import Any
 
 from data_pipeline import tfds_builder
 from data_pipeline.featurize import FeaturizeOptions, featurize_manifest
+from omnihuman_jax import xla_env
 
 REPORT_FILE = "featurize_report.json"
 
@@ -182,4 +183,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    xla_env.apply()  # featurizing encodes frames with the VAE
     sys.exit(main())

@@ -24,6 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
+from omnihuman_jax import xla_env
+
 RoundTrip = Callable[[np.ndarray], np.ndarray]  # uint8 (B, F, H, W, 3) -> uint8 (B, F, H, W, 3)
 
 
@@ -100,4 +102,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    xla_env.apply()
     raise SystemExit(main())

@@ -23,6 +23,7 @@ from typing import Any
 import numpy as np
 
 from launch.sample_output import ContactSheet, VideoWriter, contact_sheet_path
+from omnihuman_jax import xla_env
 
 
 class SampleError(Exception):
@@ -487,4 +488,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    xla_env.apply()
     sys.exit(main())

@@ -32,6 +32,8 @@ from typing import Any
 import ml_collections
 import numpy as np
 
+from omnihuman_jax import xla_env
+
 SAMPLE_MODES = ("audio", "pose")  # the main job's driving modes: audio only, then pose only
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"  # stage files, found from any working directory
 
@@ -292,4 +294,5 @@ def main(argv: list[str] | None = None) -> int:
 
 
 if __name__ == "__main__":
+    xla_env.apply()  # its stages run as subprocesses, which inherit XLA_FLAGS
     raise SystemExit(main())

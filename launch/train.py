@@ -15,6 +15,8 @@ import sys
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from omnihuman_jax import xla_env
+
 FLAGS = flags.FLAGS
 
 
@@ -58,5 +60,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    xla_env.apply()
     define_flags()
     app.run(lambda argv: sys.exit(main(argv)))

@@ -27,6 +27,8 @@ import numpy as np
 from absl import app, flags, logging
 from ml_collections import config_flags
 
+from omnihuman_jax import xla_env
+
 
 def default_config() -> ml_collections.ConfigDict:
     """VAE architecture, loss, optimiser and data settings (a small VAE for 64x64 toy-world clips)."""
@@ -342,5 +344,6 @@ def main(argv: list[str]) -> int:
 
 
 if __name__ == "__main__":
+    xla_env.apply()
     define_flags()
     app.run(lambda argv: sys.exit(main(argv)))
