@@ -33,23 +33,13 @@ def child(steps: int) -> None:
     from configs.toyworld import get_config
     from launch import train_vae as tv
     from omnihuman_jax import sharding as shd
-    from omnihuman_jax import vae_train_step as vts
-    from omnihuman_jax.train_state import lr_schedule
 
     toy = get_config("proof").vae
     cfg = tv.default_config()
     cfg.latent_channels = toy.latent_channels
     cfg.spatial_compression_ratio = toy.spatial_compression_ratio
     cfg.loss.update(dict(toy.loss))
-    vae_cfg = tv.vae_config_from(cfg)
-    mesh = shd.make_mesh(dict(cfg.mesh))
-    optimizer = vts.make_vae_optimizer(cfg.optimizer, cfg.total_steps)
-    state, shardings = vts.init_vae_train_state(vae_cfg, optimizer, 0, mesh, cfg.logical_axis_rules)
-    weights = vts.VAELossWeights(**dict(cfg.loss))
-    lr_fn = lr_schedule(cfg.optimizer, cfg.total_steps)
-    step_fn = vts.jit_vae_train_step(
-        vts.make_vae_train_step(vae_cfg, optimizer, weights, 0, lr_fn), shardings, mesh, with_region=True
-    )
+    _, mesh, state, _, step_fn = tv.build_training(cfg)
     rng = np.random.default_rng(0)
     out = {}
     for f in FRAMES:
@@ -69,12 +59,10 @@ def child(steps: int) -> None:
     print(json.dumps(out), flush=True)
 
 
-def run_child(xla_flags: str, steps: int, threads: int) -> dict[str, float]:
+def run_child(xla_flags: str, steps: int) -> dict[str, float]:
     env = dict(os.environ, XLA_FLAGS=f"{xla_flags} --xla_force_host_platform_device_count=1".strip())
     env["OMNIHUMAN_XLA_DEFAULTS"] = "0"  # the parent chose the flags
     env["PYTHONPATH"] = os.pathsep.join(filter(None, [os.getcwd(), env.get("PYTHONPATH", "")]))
-    if threads:
-        env["OMP_NUM_THREADS"] = str(threads)
     cmd = [sys.executable, os.path.abspath(__file__), "--child", f"--steps={steps}"]
     res = subprocess.run(cmd, env=env, capture_output=True, text=True, check=False)
     if res.returncode != 0:
@@ -86,7 +74,6 @@ def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--rounds", type=int, default=3, help="turns each variant takes")
     p.add_argument("--steps", type=int, default=10, help="timed steps per batch shape per turn")
-    p.add_argument("--threads", type=int, default=0, help="OMP_NUM_THREADS for the children (0: unset)")
     p.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.child:
@@ -98,7 +85,7 @@ def main() -> None:
     results: dict[str, list[dict[str, float]]] = {k: [] for k in variants}
     for r in range(args.rounds):
         for name, flags in variants.items():
-            results[name].append(run_child(flags, args.steps, args.threads))
+            results[name].append(run_child(flags, args.steps))
             print(f"round {r + 1}: {name}: {results[name][-1]}", flush=True)
     print(f"\nlaunchers' CPU flags: {CPU_XLA_FLAGS!r}  (median over {args.rounds} turns, s/step)")
     default, ours = results["XLA defaults"], results["launchers' CPU flags"]

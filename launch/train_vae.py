@@ -237,6 +237,27 @@ def check_loss_config(config: Any) -> None:
             raise ValueError(f"{key}={value}: must be >= 0 (0 turns a loss term off)")
 
 
+def build_training(config: Any) -> tuple[Any, Any, Any, Any, Any]:
+    """(vae config, mesh, fresh train state, its shardings, jitted step) from a train_vae config."""
+    from omnihuman_jax import sharding as shd
+    from omnihuman_jax import vae_train_step as vts
+    from omnihuman_jax.train_state import lr_schedule
+
+    cfg = vae_config_from(config)
+    mesh = shd.make_mesh(dict(config.mesh))
+    optimizer = vts.make_vae_optimizer(config.optimizer, config.total_steps)
+    state, shardings = vts.init_vae_train_state(cfg, optimizer, config.seed, mesh, config.logical_axis_rules)
+    lr_fn = lr_schedule(config.optimizer, config.total_steps)
+    weights = vts.VAELossWeights(**dict(config.loss))
+    step_fn = vts.jit_vae_train_step(
+        vts.make_vae_train_step(cfg, optimizer, weights, config.seed, lr_fn),
+        shardings,
+        mesh,
+        with_region=bool(weights.region_l1),
+    )
+    return cfg, mesh, state, shardings, step_fn
+
+
 def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, Any]:
     check_loss_config(config)
     import jax
@@ -245,14 +266,11 @@ def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, 
     from omnihuman_jax import vae_train_step as vts
     from omnihuman_jax.checkpointing import Checkpointer
     from omnihuman_jax.interop.diffusers_vae import save_vae
-    from omnihuman_jax.train_state import abstract_state, lr_schedule
+    from omnihuman_jax.train_state import abstract_state
 
     out = out or os.path.join(workdir, "vae")
     os.makedirs(workdir, exist_ok=True)
-    cfg = vae_config_from(config)
-    mesh = shd.make_mesh(dict(config.mesh))
-    optimizer = vts.make_vae_optimizer(config.optimizer, config.total_steps)
-    state, shardings = vts.init_vae_train_state(cfg, optimizer, config.seed, mesh, config.logical_axis_rules)
+    cfg, mesh, state, shardings, step_fn = build_training(config)
     data = ClipFrames(
         data_dir,
         config.data_name,
@@ -273,14 +291,6 @@ def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, 
             data.set_state(data_state)
             print(f"resumed VAE training from step {step}", flush=True)
         step = int(jax.device_get(state.step))
-        lr_fn = lr_schedule(config.optimizer, config.total_steps)
-        weights = vts.VAELossWeights(**dict(config.loss))
-        step_fn = vts.jit_vae_train_step(
-            vts.make_vae_train_step(cfg, optimizer, weights, config.seed, lr_fn),
-            shardings,
-            mesh,
-            with_region=bool(weights.region_l1),
-        )
         with open(os.path.join(workdir, "vae_metrics.jsonl"), "a") as log_file:
             t0 = time.perf_counter()
             end = min(config.stop_at or config.total_steps, config.total_steps)
