@@ -42,6 +42,7 @@ STAGE_RATIOS = {
 }
 
 VAE_WORLD_SEED_OFFSET = 1000  # the VAE world's seed is the main world's plus this
+VAL_WORLD_SEED_OFFSET = 2000  # the validation world's seed (`launch.toyworld --validate`)
 
 RECIPES = {
     "smoke": dict(
@@ -107,6 +108,13 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     cfg.vae_world = {
         **cfg.world, "seed": cfg.world.seed + VAE_WORLD_SEED_OFFSET, "clips_per_identity": 1,
         "eval_identities": 0, **r["vae_world"],
+    }  # fmt: skip
+    # The validation world: as many identities as the held-out set, from a third seed, all held out. Recipe
+    # choices are compared on it (`python -m launch.toyworld --validate=CHECKPOINT`), so that no figure is
+    # tuned on the evaluation identities; neither the VAE nor the DiT trains on it.
+    cfg.val_world = {
+        **cfg.world, "seed": cfg.world.seed + VAL_WORLD_SEED_OFFSET,
+        "num_identities": cfg.world.eval_identities, "eval_identities": cfg.world.eval_identities,
     }  # fmt: skip
     # data_pipeline.build flags: 9-frame clips (3 latent frames: 2 motion + 1 predicted) in one 64x64 bucket.
     # Overlapping windows (stride 4 frames = one latent frame) multiply the training clips cheaply.

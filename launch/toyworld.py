@@ -15,6 +15,12 @@ Each step runs the project's own CLI in a subprocess, the path a user would take
 7. `launch.evaluate` metrics of those videos and of the ground-truth clips -> WORKDIR/metrics.{json,md},
    and a strip of frames of the first audio-driven video -> WORKDIR/frames.png.
 A step whose output exists is skipped, so running again resumes; training steps resume from checkpoints.
+
+  python -m launch.toyworld --workdir=W --recipe=proof --validate=W/stage3 [--modes=pose] [--name=NAME]
+
+samples and scores a trained checkpoint on the validation world (WORKDIR/val_world: a third seed, none of
+its identities trained on or used for evaluation) -> WORKDIR/validation/NAME.{json,md}. Compare recipe
+variants there, not on the held-out identities that the learning proof reports.
 """
 
 from __future__ import annotations
@@ -85,7 +91,7 @@ def overrides(pairs: Any, prefix: str = "") -> list[str]:
 
 
 def step_world(cfg: Any, root: Path, name: str = "world") -> Path:
-    """Generates the world `cfg.<name>` (the main `world` or the VAE's `vae_world`) -> WORKDIR/<name>."""
+    """Generates the world `cfg.<name>` (`world`, the VAE's `vae_world` or `val_world`) -> WORKDIR/<name>."""
     world = root / name
     if (world / "manifest.jsonl").is_file():
         return world
@@ -156,8 +162,13 @@ def step_stage(
     return workdir
 
 
-def eval_inputs(world: Path, root: Path, count: int) -> list[dict[str, Path | str]]:
-    """Reference PNG, driving wav and keypoints of the first `count` held-out clips with clean audio."""
+def eval_inputs(
+    world: Path, root: Path, count: int, folder: str = "eval_inputs"
+) -> list[dict[str, Path | str]]:
+    """Reference PNG, driving wav and keypoints of the first `count` held-out clips with clean audio.
+
+    The PNG and wav are written to ROOT/<folder>, one folder per world (clip ids repeat across worlds).
+    """
     from PIL import Image
 
     from data_pipeline.toyworld import render
@@ -168,9 +179,9 @@ def eval_inputs(world: Path, root: Path, count: int) -> list[dict[str, Path | st
         truth = load_truth(world, cid)
         if str(truth["audio_corruption"]) != "none" or float(truth["hands_dropped_fraction"]) > 0.1:
             continue
-        folder = root / "eval_inputs"
-        folder.mkdir(parents=True, exist_ok=True)
-        image, wav = folder / f"{cid}.png", folder / f"{cid}.wav"
+        out_dir = root / folder
+        out_dir.mkdir(parents=True, exist_ok=True)
+        image, wav = out_dir / f"{cid}.png", out_dir / f"{cid}.wav"
         if not image.is_file():
             Image.fromarray(truth["reference_frame"]).save(image)
         if not wav.is_file():
@@ -262,6 +273,41 @@ def run_recipe(cfg: Any, root: Path) -> dict[str, dict[str, float]]:
     return rows
 
 
+def validate(
+    cfg: Any, root: Path, checkpoint: Path, modes: tuple[str, ...] = SAMPLE_MODES, name: str = ""
+) -> dict[str, dict[str, float]]:
+    """Metrics of `checkpoint`'s samples on the validation world's clips -> ROOT/validation/NAME.{json,md}.
+
+    Uses the run's VAE (ROOT/vae) and the recipe's sampling flags, as the main job's rows do.
+    """
+    from launch.evaluate import format_table
+
+    root, checkpoint = Path(root).resolve(), Path(checkpoint).resolve()
+    vae = root / "vae"
+    if not (vae / "config.json").is_file():
+        raise RuntimeError(f"{root} has no trained VAE ({vae}); run the main job in this workdir first")
+    if not (checkpoint / "checkpoints").is_dir():
+        raise RuntimeError(
+            f"{checkpoint} is not a training run folder (no checkpoints/); pass e.g. {root}/stage3"
+        )
+    name = name or checkpoint.name
+    world = step_world(cfg, root, "val_world")
+    inputs = eval_inputs(world, root, int(cfg.eval.clips), folder="val_inputs")
+    rows = {"ground truth": score_truth(world, [str(i["clip_id"]) for i in inputs], cfg.world.fps)}
+    for mode in modes:
+        folder = step_sample(cfg, root, checkpoint, vae, inputs, mode, folder=f"val_{name}_{mode}")
+        rows[f"{mode}-driven"] = score(world, folder, cfg.world.fps)
+    out = root / "validation"
+    out.mkdir(exist_ok=True)
+    table = format_table(rows)
+    (out / f"{name}.md").write_text(f"validation world, checkpoint {checkpoint}\n\n{table}\n")
+    (out / f"{name}.json").write_text(
+        json.dumps({"checkpoint": str(checkpoint), "rows": rows}, indent=2) + "\n"
+    )
+    print(table, flush=True)
+    return rows
+
+
 def first_frames_strip(video: Path, out_png: Path, count: int = 8) -> None:
     """A horizontal strip of `count` evenly spaced frames of an mp4, as PNG."""
     from PIL import Image
@@ -277,6 +323,15 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m launch.toyworld", description=__doc__.split("\n\n")[0])
     p.add_argument("--workdir", required=True, help="run folder; every step's output lands here (resumable)")
     p.add_argument("--recipe", default="quick", help="configs/toyworld.py recipe: quick, proof or smoke")
+    p.add_argument(
+        "--validate", default="", metavar="CHECKPOINT",
+        help="instead of the main job: sample and score this training run folder (e.g. W/stage3) on the "
+        "validation world, whose identities neither train nor evaluate; needs W's VAE",
+    )  # fmt: skip
+    p.add_argument(
+        "--modes", default=",".join(SAMPLE_MODES), help="--validate's driving modes, comma-separated"
+    )
+    p.add_argument("--name", default="", help="--validate's result name (default: the checkpoint folder's)")
     return p
 
 
@@ -286,7 +341,13 @@ def main(argv: list[str] | None = None) -> int:
 
     try:
         cfg = get_config(args.recipe)
-        run_recipe(cfg, Path(args.workdir))
+        if args.validate:
+            modes = tuple(m for m in args.modes.split(",") if m)
+            if not modes or set(modes) - {"audio", "pose", "combined"}:
+                raise ValueError(f"--modes={args.modes!r}: choose from audio, pose, combined")
+            validate(cfg, Path(args.workdir), Path(args.validate), modes, args.name)
+        else:
+            run_recipe(cfg, Path(args.workdir))
     except (RuntimeError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2

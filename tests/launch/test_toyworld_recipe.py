@@ -58,6 +58,22 @@ def test_vae_world_uses_another_seed_and_holds_nothing_out(recipe, tmp_path):
     )  # fmt: skip
 
 
+@pytest.mark.parametrize("recipe", ["smoke", "quick", "proof"])
+def test_validation_world_is_a_third_seed_whose_identities_are_all_held_out(recipe):
+    cfg = get_config(recipe)
+    assert len({cfg.world.seed, cfg.vae_world.seed, cfg.val_world.seed}) == 3
+    assert cfg.val_world.num_identities == cfg.val_world.eval_identities == cfg.world.eval_identities
+    assert cfg.val_world.clips_per_identity == cfg.world.clips_per_identity
+
+
+def test_validate_names_the_missing_vae_and_an_unknown_mode(tmp_path, capsys):
+    assert tw.main(["--workdir", str(tmp_path), "--recipe=smoke", f"--validate={tmp_path / 'stage3'}"]) == 2
+    assert "no trained VAE" in capsys.readouterr().err
+    bad = ["--workdir", str(tmp_path), "--recipe=smoke", "--validate=x", "--modes=audio,dance"]
+    assert tw.main(bad) == 2
+    assert "choose from audio, pose, combined" in capsys.readouterr().err
+
+
 def test_unknown_recipe_names_the_choices():
     with pytest.raises(ValueError, match="proof"):
         get_config("huge")
@@ -147,6 +163,17 @@ def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path, monkeypat
     stamp = (tmp_path / "samples" / "audio").stat().st_mtime_ns
     tw.run_recipe(cfg, tmp_path)  # everything exists: all steps are skipped
     assert (tmp_path / "samples" / "audio").stat().st_mtime_ns == stamp
+    # Validation: the trained stage 3 sampled on the validation world, whose identities are new.
+    val = tw.validate(cfg, tmp_path, tmp_path / "stage3", ("pose",))
+    assert set(val) == {"ground truth", "pose-driven"} and val["pose-driven"]["clips"] == 1
+    assert val["ground truth"]["sync"] >= 0.9 and np.isfinite(val["pose-driven"]["psnr"])
+    saved = json.loads((tmp_path / "validation" / "stage3.json").read_text())
+    assert saved["rows"]["pose-driven"] == pytest.approx(val["pose-driven"], nan_ok=True)
+    val_ids = [str(i["clip_id"]) for i in tw.eval_inputs(tmp_path / "val_world", tmp_path, 1, "val_inputs")]
+    val_ref = np.load(tmp_path / "val_world" / "clips" / f"{val_ids[0]}.truth.npz")["reference_frame"]
+    for world in ("world", "vae_world"):
+        for f in (tmp_path / world / "clips").glob("*.truth.npz"):
+            assert not np.array_equal(np.load(f)["reference_frame"], val_ref), f
 
 
 def test_learning_proof_reports_met_and_missed_targets_with_the_gap(tmp_path):
