@@ -260,16 +260,30 @@ def run_recipe(cfg: Any, root: Path) -> dict[str, dict[str, float]]:
     for stage in (1, 2, 3):
         prev = timed(f"stage{stage}", step_stage, cfg, root, stage, data, vae, prev)
     inputs = eval_inputs(world, root, int(cfg.eval.clips))
-    rows = {"ground truth": score_truth(world, [str(i["clip_id"]) for i in inputs], cfg.world.fps)}
-    for mode in SAMPLE_MODES:
-        folder = timed(f"sample_{mode}", step_sample, cfg, root, prev, vae, inputs, mode)
-        rows[f"{mode}-driven"] = score(world, folder, cfg.world.fps)
+    rows = sampled_rows(cfg, root, world, prev, vae, inputs, SAMPLE_MODES, run=timed)
     video = sorted((root / "samples" / SAMPLE_MODES[0]).glob("*.mp4"))[0]
     first_frames_strip(video, root / "frames.png")
     table = format_table(rows)
     (root / "metrics.md").write_text(table + "\n")
     (root / "metrics.json").write_text(json.dumps({"rows": rows, "timings_s": timings}, indent=2) + "\n")
     print(table, flush=True)
+    return rows
+
+
+def sampled_rows(
+    cfg: Any, root: Path, world: Path, checkpoint: Path, vae: Path, inputs: list[dict],
+    modes: tuple[str, ...], prefix: str = "", run: Any = None,
+) -> dict[str, dict[str, float]]:  # fmt: skip
+    """Ground-truth row of `inputs`, then one row per driving mode of `checkpoint`'s samples of them.
+
+    Samples land in ROOT/samples/<prefix><mode>; `run(name, fn, *args)` wraps each sampling step (timing).
+    """
+    run = run or (lambda _name, fn, *args, **kw: fn(*args, **kw))
+    rows = {"ground truth": score_truth(world, [str(i["clip_id"]) for i in inputs], cfg.world.fps)}
+    for mode in modes:
+        folder = f"{prefix}{mode}"
+        out = run(f"sample_{folder}", step_sample, cfg, root, checkpoint, vae, inputs, mode, folder=folder)
+        rows[f"{mode}-driven"] = score(world, out, cfg.world.fps)
     return rows
 
 
@@ -293,10 +307,7 @@ def validate(
     name = name or checkpoint.name
     world = step_world(cfg, root, "val_world")
     inputs = eval_inputs(world, root, int(cfg.eval.clips), folder="val_inputs")
-    rows = {"ground truth": score_truth(world, [str(i["clip_id"]) for i in inputs], cfg.world.fps)}
-    for mode in modes:
-        folder = step_sample(cfg, root, checkpoint, vae, inputs, mode, folder=f"val_{name}_{mode}")
-        rows[f"{mode}-driven"] = score(world, folder, cfg.world.fps)
+    rows = sampled_rows(cfg, root, world, checkpoint, vae, inputs, modes, prefix=f"val_{name}_")
     out = root / "validation"
     out.mkdir(exist_ok=True)
     table = format_table(rows)
