@@ -146,6 +146,7 @@ def _ablation_steps(ablation: Any) -> str:
 def recipe_lines(cfg: Any, root: Path) -> list[str]:
     """What was trained, for how long, and the wall time of each step of the main job."""
     steps = {name: dict(pairs)["total_steps"] for name, pairs in cfg.stages.items()}
+    rates = {name: dict(pairs)["optimizer.lr"] for name, pairs in cfg.stages.items()}
     train = dict(cfg.train)
     lines = [
         f"- VAE: {cfg.vae.total_steps} steps ({cfg.vae.get('image_steps', 0)} on single frames first), "
@@ -154,7 +155,9 @@ def recipe_lines(cfg: Any, root: Path) -> list[str]:
         f"{cfg.vae_world.seed}; none of them held out or evaluated)"
         + "".join(f", loss.{k} {v}" for k, v in dict(cfg.vae.get("loss", {})).items())
         + ".",
-        f"- DiT: preset `{cfg.preset}`, batch {train['batch_size']}, lr {train['optimizer.lr']}"
+        f"- DiT: preset `{cfg.preset}`, batch {train['batch_size']}, lr ("
+        + ", ".join(f"{k} {v}" for k, v in rates.items())
+        + ")"
         + "".join(f", {k} {v}" for k, v in train.items() if k.startswith(RECIPE_FLAG_PREFIXES))
         + "; steps "
         + ", ".join(f"{k} {v}" for k, v in steps.items())

@@ -226,6 +226,8 @@ def test_recipe_lines_name_the_vae_loss_weights_and_the_sweep_steps(tmp_path):
     assert f"loss.motion_l1 {cfg.vae.loss.motion_l1}" in vae_line
     sweep = dict(cfg.ablations.pose_02.overrides)["total_steps"]
     assert f"pose_02 (stages (3,), {sweep} steps)" in dit_line and "no_audio (stages (2, 3))" in dit_line
+    rate = dict(cfg.stages.stage3)["optimizer.lr"]
+    assert f"stage3 {rate})" in dit_line  # each stage's own learning rate
     for key, value in cfg.train:  # the training flags that shape what is learned
         if key.startswith(("flow.", "optimizer.lr_multipliers")):
             assert f"{key} {value}" in dit_line
