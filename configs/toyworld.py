@@ -166,7 +166,7 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     }
     # launch.sample flags for the held-out identity's video.
     cfg.sampling = dict(
-        steps=r["sample_steps"], solver="euler", seed=0, cfg_audio=3.0, cfg_text=1.0,
+        steps=r["sample_steps"], solver="euler", seed=0, cfg_audio=3.0, cfg_text=1.0, cfg_pose=1.0,
         cfg_schedule="linear", cfg_floor=1.0, mode="audio",
     )  # fmt: skip
     cfg.eval = dict(clips=r["eval_clips"])

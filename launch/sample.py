@@ -66,6 +66,13 @@ def build_parser() -> argparse.ArgumentParser:
     a("--cfg_text", type=float, default=3.0, help="Text guidance scale at the first step.")
     a("--cfg_audio", type=float, default=3.0, help="Audio guidance scale at the first step.")
     a(
+        "--cfg_pose",
+        type=float,
+        default=1.0,
+        help="Pose guidance scale at the first step, --mode=pose only; 1 (the default, as in the paper) is "
+        "off, other values add a pose-dropped branch (omnihuman_jax.guidance).",
+    )
+    a(
         "--cfg_schedule",
         choices=("constant", "linear", "cosine"),
         default="linear",
@@ -266,6 +273,8 @@ def validate(args: argparse.Namespace) -> Job:
             "model.pooled_text_dim > 0: the data pipeline's text features have no pooled vector"
         )
     mode = args.mode if args.mode != "auto" else ("combined" if args.pose else "audio")
+    if args.cfg_pose != 1.0 and mode != "pose":
+        raise SampleError(f"--cfg_pose {args.cfg_pose} applies to --mode=pose only (this run's mode: {mode})")
     if mode in ("pose", "combined") and not args.pose:
         raise SampleError(f"--mode {mode} needs --pose")
     if args.prompt and not args.text_encoder:
@@ -437,12 +446,13 @@ def run(job: Job) -> None:
         args.cfg_schedule,
         args.cfg_floor,
         args.seed,
+        args.cfg_pose,
     )
     bar = tqdm(total=len(plan) * args.steps, unit="step", desc=f"segment 1/{len(plan)}")
     sampler = SegmentSampler(
         OmniHumanDiT(dit),
         params,
-        guidance_mode(job.mode),
+        guidance_mode(job.mode, pose_guidance=args.cfg_pose != 1.0),
         settings,
         dit.latent_channels,
         mesh=mesh,

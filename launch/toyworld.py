@@ -219,6 +219,8 @@ def step_sample(
         ]  # fmt: skip
         if mode in ("pose", "combined"):
             args += ["--pose", str(item["pose"])]
+        if mode == "pose":
+            args += ["--cfg_pose", str(s.get("cfg_pose", 1.0))]
         run_cli(args, root, f"sample_{folder or mode}.log")
     return out_dir
 

@@ -11,9 +11,19 @@ Guidance applies to text and audio only. With three branches (audio and combined
 
 where v_uncond drops text and audio, v_text drops audio only and v_full keeps both (the other conditions
 stay as the mode sets them). In pose mode there is no audio, so two branches: v = v_uncond + s_text(i)
-(v_full - v_uncond). With every scale 1 this is exactly v_full. All branches go through ONE forward pass:
-the inputs are concatenated along the batch axis (branch-major), and with a mesh of several devices that
-axis is padded to a multiple of the mesh's `data` size and sharded over it.
+(v_full - v_uncond). With every scale 1 this is exactly v_full.
+
+Pose guidance is an extension (the paper guides text and audio only): `guidance_mode("pose",
+pose_guidance=True)` has three branches as audio mode has, with pose in the place of audio,
+
+    v = v_uncond + s_text(i) (v_text - v_uncond) + s_pose(i) (v_full - v_text)
+
+where v_uncond drops text and pose, v_text drops pose only and v_full keeps both; `GuidanceMode.guided`
+names the condition the third scale guides.
+
+All branches go through ONE forward pass: the inputs are concatenated along the batch axis (branch-major),
+and with a mesh of several devices that axis is padded to a multiple of the mesh's `data` size and sharded
+over it.
 
 CFG annealing: over N steps i = 0 .. N - 1, with u = i / (N - 1) (u = 0 when N = 1), a scale s with start
 value s0 and floor f' = min(f, s0) (a scale never rises) is
@@ -72,6 +82,7 @@ class GuidanceMode:
 
     name: str
     branch_masks: tuple[tuple[bool, ...], ...]  # (K, 5)
+    guided: str = "audio"  # the condition the second scale of a 3-branch mode guides ("" with 2 branches)
 
     @property
     def num_branches(self) -> int:
@@ -82,17 +93,23 @@ class GuidanceMode:
         return self.branch_masks[-1]
 
 
-def guidance_mode(name: str) -> GuidanceMode:
-    """The branches of a driving mode (see the module docstring)."""
+def guidance_mode(name: str, pose_guidance: bool = False) -> GuidanceMode:
+    """The branches of a driving mode (see the module docstring); `pose_guidance` in pose mode only."""
+    if pose_guidance and name != "pose":
+        raise ValueError(f"pose guidance applies to the pose mode only, not {name!r}")
     if name == "audio":
         base = dict(reference=True, motion=True)
         masks = (_mask(**base), _mask(text=True, **base), _mask(text=True, audio=True, **base))
     elif name == "combined":
         base = dict(reference=True, pose=True, motion=True)
         masks = (_mask(**base), _mask(text=True, **base), _mask(text=True, audio=True, **base))
+    elif name == "pose" and pose_guidance:
+        base = dict(reference=True, motion=True)
+        masks = (_mask(**base), _mask(text=True, **base), _mask(text=True, pose=True, **base))
+        return GuidanceMode(name, masks, guided="pose")
     elif name == "pose":
         base = dict(reference=True, pose=True, motion=True)
-        masks = (_mask(**base), _mask(text=True, **base))
+        return GuidanceMode(name, (_mask(**base), _mask(text=True, **base)), guided="")
     else:
         raise ValueError(f"guidance mode {name!r}: choose one of {MODES}")
     return GuidanceMode(name, masks)
@@ -102,6 +119,7 @@ def combine(branches: jax.Array, s_text: jax.Array, s_audio: jax.Array) -> jax.A
     """branches (K, B, ...) in `GuidanceMode` order -> guided velocity (B, ...).
 
     K = 3: v_u + s_text (v_text - v_u) + s_audio (v_full - v_text); K = 2: v_u + s_text (v_full - v_u).
+    With pose guidance `s_audio` is the pose scale (`GuidanceMode.guided`).
     """
     if branches.shape[0] == 3:
         v_u, v_text, v_full = branches[0], branches[1], branches[2]

@@ -111,6 +111,7 @@ class SamplerSettings:
     cfg_schedule: str = "linear"
     cfg_floor: float = 1.0
     seed: int = 0
+    cfg_pose: float = 1.0  # the pose scale of a pose-guided mode (`GuidanceMode.guided == "pose"`)
 
 
 class SegmentSampler:
@@ -139,7 +140,9 @@ class SegmentSampler:
         self.timesteps = timestep_grid(settings.num_steps, settings.shift)
         n = settings.num_steps
         self.s_text = cfg_schedule(settings.cfg_schedule, settings.cfg_text, settings.cfg_floor, n)
-        self.s_audio = cfg_schedule(settings.cfg_schedule, settings.cfg_audio, settings.cfg_floor, n)
+        # The second scale guides the mode's `guided` condition: audio, or pose in a pose-guided mode.
+        second = settings.cfg_pose if mode.guided == "pose" else settings.cfg_audio
+        self.s_audio = cfg_schedule(settings.cfg_schedule, second, settings.cfg_floor, n)
 
     def __call__(
         self, segment: Segment, conditions: dict[str, Any], motion_latents: jax.Array | None

@@ -42,7 +42,9 @@ _GUIDED: dict[str, object] = {}
 def guided_fn(model, mode_name: str):
     """One compiled guided velocity per mode for the whole module (compiles dominate these tests)."""
     if mode_name not in _GUIDED:
-        _GUIDED[mode_name] = make_guided_velocity(model, guidance_mode(mode_name))
+        guided = mode_name == "pose_guided"
+        mode = guidance_mode("pose", pose_guidance=True) if guided else guidance_mode(mode_name)
+        _GUIDED[mode_name] = make_guided_velocity(model, mode)
     return _GUIDED[mode_name]
 
 
@@ -67,6 +69,18 @@ def test_pose_mode_disables_audio_and_combined_mode_keeps_pose_in_every_branch()
     assert combined[-1] == set(CONDITIONS)
     with pytest.raises(ValueError, match="guidance mode"):
         guidance_mode("video")
+
+
+def test_pose_guided_mode_drops_pose_like_audio_mode_drops_audio_and_only_in_pose_mode():
+    mode = guidance_mode("pose", pose_guidance=True)
+    uncond, text, full = map(_on, mode.branch_masks)
+    assert uncond == {"reference", "motion"}
+    assert text == {"text", "reference", "motion"}
+    assert full == {"text", "reference", "pose", "motion"}
+    assert mode.guided == "pose" and guidance_mode("audio").guided == "audio"
+    assert guidance_mode("pose").guided == ""  # two branches: no second scale
+    with pytest.raises(ValueError, match="pose mode only"):
+        guidance_mode("combined", pose_guidance=True)
 
 
 def test_combine_follows_the_documented_formula():
@@ -97,10 +111,10 @@ def test_cfg_schedule_floor_never_raises_a_scale_and_one_step_uses_the_start():
         cfg_schedule("exp", 4.0, 1.0, 3)
 
 
-@pytest.mark.parametrize("mode_name", ["audio", "pose"])
+@pytest.mark.parametrize("mode_name", ["audio", "pose", "pose_guided"])
 def test_cfg_with_all_scales_one_equals_fully_conditioned_prediction(tiny, mode_name):
     model, params, inputs, apply = tiny
-    mode = guidance_mode(mode_name)
+    mode = guidance_mode("pose", True) if mode_name == "pose_guided" else guidance_mode(mode_name)
     t = jnp.asarray([0.6])
     guided = guided_fn(model, mode_name)(params, inputs, t, jnp.float32(1.0), jnp.float32(1.0))
     full = dict(inputs, condition_mask=jnp.asarray([mode.full_mask]))

@@ -156,3 +156,13 @@ def test_changing_motion_frames_changes_the_next_segment_and_not_earlier_ones(ti
         np.testing.assert_array_equal(base[k], changed[k])
     assert np.abs(base[2].astype(int) - changed[2].astype(int)).max() > 0
     assert sum(f.shape[0] for f in base) == 17
+
+
+def test_segment_sampler_scales_the_guided_condition_by_its_own_flag():
+    scales = dict(cfg_text=1.5, cfg_audio=3.0, cfg_pose=2.0)
+    settings = SamplerSettings(num_steps=3, cfg_schedule="constant", **scales)
+    posed = SegmentSampler(None, None, guidance_mode("pose", pose_guidance=True), settings, latent_channels=4)
+    audio = SegmentSampler(None, None, guidance_mode("audio"), settings, latent_channels=4)
+    np.testing.assert_allclose(posed.s_audio, [2.0] * 3)  # the pose scale fills the second slot
+    np.testing.assert_allclose(audio.s_audio, [3.0] * 3)
+    np.testing.assert_allclose(posed.s_text, [1.5] * 3)

@@ -267,6 +267,11 @@ GUIDANCE_MODES = {  # branches, uncond first and full last (as `omnihuman_jax.gu
         ("text", "reference", "audio", "pose", "motion"),
     ),
     "pose": (("reference", "pose", "motion"), ("text", "reference", "pose", "motion")),
+    "pose_guided": (  # `guidance_mode("pose", pose_guidance=True)`: s_audio is the pose scale
+        ("reference", "motion"),
+        ("text", "reference", "motion"),
+        ("text", "reference", "pose", "motion"),
+    ),
 }
 
 
@@ -306,7 +311,8 @@ def guided_velocity(
     """Multi-condition CFG on text and audio (section 3.4), one forward pass per branch.
 
     Three branches (audio, combined): v = v_u + s_text (v_text - v_u) + s_audio (v_full - v_text);
-    two (pose): v = v_u + s_text (v_full - v_u). `inputs["noisy_latents"]` is x_t.
+    two (pose): v = v_u + s_text (v_full - v_u); in `pose_guided` s_audio is the pose scale.
+    `inputs["noisy_latents"]` is x_t.
     """
     if mode not in GUIDANCE_MODES:
         raise ValueError(f"guidance mode {mode!r}: choose one of {sorted(GUIDANCE_MODES)}")

@@ -196,6 +196,18 @@ def test_torch_first_guided_euler_step_vs_reference(tiny):
     assert err < TOL, f"first guided Euler step, torch vs JAX: max rel error {err:.2e}"
 
 
+def test_torch_guidance_modes_have_the_jax_sampler_branches():
+    from omnihuman_jax.guidance import guidance_mode
+    from omnihuman_jax.interop.torch_dit import GUIDANCE_MODES
+
+    jax_modes = {m: guidance_mode(m) for m in ("audio", "combined", "pose")}
+    jax_modes["pose_guided"] = guidance_mode("pose", pose_guidance=True)
+    assert set(GUIDANCE_MODES) == set(jax_modes)
+    for name, mode in jax_modes.items():
+        torch_masks = tuple(tuple(c in active for c in CONDITIONS) for active in GUIDANCE_MODES[name])
+        assert torch_masks == mode.branch_masks, name
+
+
 def spread(shape: tuple[int, ...], mesh) -> NamedSharding:
     """Shards the last two axes over (fsdp, tensor) where they divide, as FSDP + tensor parallelism do."""
     axes = [None] * len(shape)

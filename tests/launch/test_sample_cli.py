@@ -133,6 +133,7 @@ def test_cli_writes_an_mp4_with_audio_at_the_audio_length_and_the_image_bucket(a
         ({"--vae": "vae_4x"}, "4x spatial compression; the checkpoint needs .* and 8x"),
         ({"--mel_bins": "80"}, "trained on"),
         ({"--segment_frames": "10"}, "1 \\+ 4k"),
+        ({"--cfg_pose": "2"}, "--cfg_pose 2.0 applies to --mode=pose only"),
     ],
 )
 def test_bad_inputs_fail_before_compute_with_a_clear_error(
@@ -175,6 +176,7 @@ def test_help_explains_every_flag():
         "--seed",
         "--cfg_text",
         "--cfg_audio",
+        "--cfg_pose",
         "--cfg_schedule",
         "--cfg_floor",
         "--solver",
