@@ -164,8 +164,9 @@ def recipe_lines(cfg: Any, root: Path) -> list[str]:
         + "; ablations: "
         + ", ".join(f"{k} (stages {tuple(v.stages)}{_ablation_steps(v)})" for k, v in cfg.ablations.items())
         + ".",
-        f"- Sampling: {cfg.sampling.steps} Euler steps, audio CFG {cfg.sampling.cfg_audio} "
-        f"({cfg.sampling.cfg_schedule} schedule unless stated).",
+        f"- Sampling: {cfg.sampling.steps} Euler steps, audio CFG {cfg.sampling.cfg_audio}, pose CFG "
+        f"{cfg.sampling.get('cfg_pose', 1.0)} in pose-driven rows ({cfg.sampling.cfg_schedule} schedule "
+        "unless stated).",
     ]
     metrics = root / "metrics.json"
     if metrics.is_file():

@@ -144,6 +144,8 @@ def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path, monkeypat
     assert rows["ground truth"]["sync"] >= 0.9
     for name in ("audio-driven", "pose-driven"):
         assert rows[name]["clips"] == 1 and np.isfinite(rows[name]["motion_px"])
+    # The pose-driven video was sampled with the recipe's pose guidance (a third, pose-dropped branch).
+    assert f"--cfg_pose {cfg.sampling.cfg_pose}" in (tmp_path / "logs" / "sample_pose.log").read_text()
     assert (tmp_path / "vae" / "config.json").is_file() and tw.finished_step(tmp_path / "stage3") == 2
     assert (tmp_path / "frames.png").is_file() and (tmp_path / "metrics.md").read_text().count("|") > 10
     # The VAE trained on its own world, none of whose identities is a held-out one.
@@ -228,6 +230,8 @@ def test_recipe_lines_name_the_vae_loss_weights_and_the_sweep_steps(tmp_path):
     assert f"pose_02 (stages (3,), {sweep} steps)" in dit_line and "no_audio (stages (2, 3))" in dit_line
     rate = dict(cfg.stages.stage3)["optimizer.lr"]
     assert f"stage3 {rate})" in dit_line  # each stage's own learning rate
+    sampling_line = lp.recipe_lines(cfg, tmp_path)[2]
+    assert f"pose CFG {cfg.sampling.cfg_pose} in pose-driven rows" in sampling_line
     for key, value in cfg.train:  # the training flags that shape what is learned
         if key.startswith(("flow.", "optimizer.lr_multipliers")):
             assert f"{key} {value}" in dit_line
