@@ -7,7 +7,7 @@ each pixel by how much the target changes there between frames. Talking-head mot
 well under 1% of the pixels, so the plain L1 barely sees it; this term is normalised by the weights' sum,
 so it counts the moving pixels as much as the plain L1 counts the whole frame. The optional region-weighted
 L1 does the same for a given weight map: boxes around the mouth and hand landmarks, which a lossy VAE
-otherwise blurs away (docs/learning_proof.md, session 12).
+otherwise blurs away (docs/learning_proof_history.md, session 12).
 """
 
 from __future__ import annotations

@@ -11,7 +11,7 @@ clipping come from `omnihuman_jax.train_state`.
 kernel's temporal taps are summed onto its last (current-frame) tap, the others zeroed (MAGVIT-v2's causal
 inflation, arXiv 2310.05737 sec. 3.1). The first-frame path computes the same function, and every latent
 frame starts as the image code of the last frame it covers; without it, clip training starts from the
-image phase's untrained individual taps and settles on repeating frame 0 (docs/learning_proof.md).
+image phase's untrained individual taps and settles on repeating frame 0 (docs/learning_proof_history.md).
 
 After training, `latent_statistics` measures the posterior means so the saved config carries a
 `shift_factor` / `scaling_factor` that give the diffusion model unit-variance latents (the role of
