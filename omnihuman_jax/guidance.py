@@ -97,6 +97,7 @@ def guidance_mode(name: str, pose_guidance: bool = False) -> GuidanceMode:
     """The branches of a driving mode (see the module docstring); `pose_guidance` in pose mode only."""
     if pose_guidance and name != "pose":
         raise ValueError(f"pose guidance applies to the pose mode only, not {name!r}")
+    guided = "audio"  # what the second scale of the three-branch combination guides
     if name == "audio":
         base = dict(reference=True, motion=True)
         masks = (_mask(**base), _mask(text=True, **base), _mask(text=True, audio=True, **base))
@@ -106,13 +107,13 @@ def guidance_mode(name: str, pose_guidance: bool = False) -> GuidanceMode:
     elif name == "pose" and pose_guidance:
         base = dict(reference=True, motion=True)
         masks = (_mask(**base), _mask(text=True, **base), _mask(text=True, pose=True, **base))
-        return GuidanceMode(name, masks, guided="pose")
+        guided = "pose"
     elif name == "pose":
         base = dict(reference=True, pose=True, motion=True)
-        return GuidanceMode(name, (_mask(**base), _mask(text=True, **base)), guided="")
+        masks, guided = (_mask(**base), _mask(text=True, **base)), ""
     else:
         raise ValueError(f"guidance mode {name!r}: choose one of {MODES}")
-    return GuidanceMode(name, masks)
+    return GuidanceMode(name, masks, guided)
 
 
 def combine(branches: jax.Array, s_text: jax.Array, s_audio: jax.Array) -> jax.Array:

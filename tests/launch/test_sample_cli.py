@@ -20,6 +20,7 @@ from PIL import Image
 
 from configs import stage2
 from launch import sample as cli
+from launch.sample_inputs import load_image
 from omnihuman_jax.batch import sample_model_inputs, zeros_batch
 from omnihuman_jax.checkpointing import Checkpointer
 from omnihuman_jax.interop.diffusers_vae import save_vae
@@ -114,7 +115,7 @@ def test_cli_writes_an_mp4_with_audio_at_the_audio_length_and_the_image_bucket(a
     frames, width, height, layouts = _probe(out)
     assert abs(frames - round(AUDIO_SECONDS * FPS)) <= 1
     assert layouts == ["mono"]  # the mono input stays mono
-    image, _ = cli.load_image(assets["tall.jpg"], 64 * 64)
+    image, _ = load_image(assets["tall.jpg"], 64 * 64)
     assert (height, width) == image.shape[:2] and height > width  # 300x500 keeps its portrait bucket
     assert cli.contact_sheet_path(out).is_file()
 

@@ -188,7 +188,7 @@ def _kind(kind: str, tmp: pathlib.Path) -> tuple[Callable, object, tuple[type, .
         )
         return target, strategy, (MediaError,)
     if kind == "image":
-        from launch.sample import SampleError, load_image
+        from launch.sample_inputs import SampleError, load_image
 
         strategy = st.tuples(_bytes_strategy([_image_bytes("PNG"), _image_bytes("JPEG")]), st.integers(1, 4))
         target = lambda ex: load_image(_write(tmp, "ref.png", ex[0]), ex[1] * 64 * 64)
