@@ -50,28 +50,30 @@ def run_proof(cfg: Any, root: Path) -> tuple[dict[str, dict[str, float]], dict[s
     rows = {"ground truth": tw.score_truth(world, [str(i["clip_id"]) for i in inputs], fps)}
     rows["0 VAE reconstruction (bound)"] = score_vae_reconstruction(world, vae, inputs, fps)
     main = root / "stage3"
+
+    def sampled(checkpoint: Path, mode: str, folder: str = "", sampling: dict | None = None) -> dict:
+        """Metrics of one video per held-out clip from `checkpoint`, driven by `mode`."""
+        folder_path = tw.step_sample(cfg, root, checkpoint, vae, inputs, mode, folder, sampling)
+        return tw.score(world, folder_path, fps)
+
     for label, mode in (("1 audio-driven", "audio"), ("2 pose-driven", "pose"), ("3 audio+pose", "combined")):
-        rows[label] = tw.score(world, tw.step_sample(cfg, root, main, vae, inputs, mode), fps)
+        rows[label] = sampled(main, mode)
     ab = cfg.ablations
     prev = root / "stage1"
     for stage in ab.no_audio.stages:
         prev = tw.step_stage(
             cfg, root, stage, data, vae, prev, f"no_audio_stage{stage}", ab.no_audio.overrides
         )
-    folder = tw.step_sample(cfg, root, prev, vae, inputs, "audio", "no_audio")
-    rows["4 no-audio ablation, audio-driven"] = tw.score(world, folder, fps)
+    rows["4 no-audio ablation, audio-driven"] = sampled(prev, "audio", "no_audio")
     for name in ("pose_02", "pose_05", "pose_08"):
         run = tw.step_stage(cfg, root, 3, data, vae, root / "stage2", name, ab[name].overrides)
-        folder = tw.step_sample(cfg, root, run, vae, inputs, "audio", name)
-        rows[f"5 pose ratio 0.{name[-1]}, audio-driven"] = tw.score(world, folder, fps)
+        rows[f"5 pose ratio 0.{name[-1]}, audio-driven"] = sampled(run, "audio", name)
     for label, schedule in (("constant", "constant"), ("annealed", "linear")):
         if schedule == cfg.sampling.cfg_schedule:  # the same samples as row 1: score them, don't redraw
             rows[f"6 CFG {label}, audio-driven"] = dict(rows["1 audio-driven"])
             continue
-        folder = tw.step_sample(
-            cfg, root, main, vae, inputs, "audio", f"cfg_{label}", {"cfg_schedule": schedule}
-        )
-        rows[f"6 CFG {label}, audio-driven"] = tw.score(world, folder, fps)
+        overrides = {"cfg_schedule": schedule}
+        rows[f"6 CFG {label}, audio-driven"] = sampled(main, "audio", f"cfg_{label}", overrides)
     return rows, {"total_s": round(time.perf_counter() - t0, 1)}
 
 
