@@ -176,6 +176,14 @@ def test_smoke_recipe_runs_every_step_end_to_end_and_resumes(tmp_path, monkeypat
     for world in ("world", "vae_world"):
         for f in (tmp_path / world / "clips").glob("*.truth.npz"):
             assert not np.array_equal(np.load(f)["reference_frame"], val_ref), f
+    # The oracle-audio diagnostic on the same run: a copy of its data, a stage 2 on the copy, both scored.
+    from benchmarks import audio_oracle
+
+    assert audio_oracle.main(["--run", str(tmp_path), "--recipe=smoke", "--batches=2", "--times=0.5"]) == 0
+    assert tw.finished_step(tmp_path / "oracle_stage2") == 2
+    report = json.loads((tmp_path / "oracle_stage2" / "audio_oracle.json").read_text())
+    for row in ("stage2 (log-mel audio)", "stage2 on the lip oracle"):
+        assert report[row]["windows"] > 0 and np.isfinite(report[row]["t=0.5"]["audio_gain"])
 
 
 def test_learning_proof_reports_met_and_missed_targets_with_the_gap(tmp_path):
