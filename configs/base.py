@@ -47,6 +47,10 @@ def model_config() -> ml_collections.ConfigDict:
             pose_feature_channels=4,
             pose_window=1,  # +/- adjacent latent frames concatenated
             motion_hold=True,  # the last motion frame's latent is also stacked on the frames to predict
+            # True: each block's audio update applies only in the mouth region (batch key `audio_region`, from
+            # the mouth landmarks; launch.sample takes it from --pose), as HunyuanVideo-Avatar's face-aware
+            # audio adapter masks its audio attention; see docs/learning_proof.md, session 16
+            audio_gate=False,
             dtype="float32",  # compute dtype; bf16 on accelerators
             param_dtype="float32",
             attention="auto",  # auto | xla | blocked | cudnn | splash

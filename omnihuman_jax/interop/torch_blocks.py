@@ -192,11 +192,18 @@ class Block(nn.Module):
         if use_audio:
             self.audio_attn = AudioCrossAttention(dim, heads)
 
-    def add_audio(self, x: Tensor, audio_tokens: Tensor | None, n_video: int) -> Tensor:
+    def add_audio(self, x: Tensor, audio_tokens: Tensor | tuple | None, n_video: int) -> Tensor:
+        """`audio_tokens` is the tokens, or (tokens, gate (B, n_video)) with the model's audio gate."""
         if not hasattr(self, "audio_attn"):
             return x
+        gate = None
+        if isinstance(audio_tokens, tuple):
+            audio_tokens, gate = audio_tokens
         video = x[:, :n_video]
-        return torch.cat([video + self.audio_attn(video, audio_tokens), x[:, n_video:]], dim=1)
+        update = self.audio_attn(video, audio_tokens)
+        if gate is not None:
+            update = update * gate[:, :, None]
+        return torch.cat([video + update, x[:, n_video:]], dim=1)
 
 
 class DualStreamBlock(Block):

@@ -78,6 +78,7 @@ class TorchDiTConfig:
     use_audio: bool = True
     use_pose: bool = True
     motion_hold: bool = False
+    audio_gate: bool = False  # the audio update only in `inputs["audio_region"]`, as the JAX model
 
     @classmethod
     def from_dict(cls, values: dict) -> TorchDiTConfig:
@@ -217,6 +218,9 @@ class OmniHumanDiTTorch(nn.Module):
 
         text = self.context_embedder(inputs["text_emb"].to(dtype), t_net, inputs["text_mask"])
         audio = self.audio_projector(inputs["audio_feats"].to(dtype)) if c.use_audio else None
+        if audio is not None and c.audio_gate:  # (tokens, gate (B, N_video)): a token is in when any cell is
+            region = inputs["audio_region"].to(dtype).reshape(b, t, h // p, p, w // p, p)
+            audio = (audio, region.amax(dim=(3, 5)).reshape(b, n_video))
 
         positions = video_and_reference_positions(t, h // p, w // p, device=x.device)
         cos, sin = rope_cos_sin(positions, c.rope_axes_dim, c.rope_theta)

@@ -6,9 +6,12 @@
 - Single-stream block (`HunyuanVideoSingleTransformerBlock`): one set of weights over the joint sequence,
   attention and MLP computed in parallel from one modulated input.
 - OmniHuman section 3.2 injects audio into each block through cross-attention; here every block, dual and
-  single, ends its attention step with a frame-local audio cross-attention on the video tokens.
+  single, ends its attention step with a frame-local audio cross-attention on the video tokens. An optional
+  audio gate confines that update to a region of each frame (the mouth or face), as HunyuanVideo-Avatar's
+  face-aware audio adapter masks its audio cross-attention.
 
-Both blocks share one signature, `(carry, temb, key_mask, cos, sin, audio_tokens) -> (carry, None)` with
+Both blocks share one signature, `(carry, temb, key_mask, cos, sin, audio_tokens, audio_gate) -> (carry,
+None)` with
 `carry = (latent_stream, text_stream)`, so a stack of them can run under `nn.scan`.
 """
 
@@ -41,8 +44,13 @@ class BlockConfig(nn.Module):
     def kw(self) -> dict:
         return dict(dtype=self.dtype, param_dtype=self.param_dtype)
 
-    def add_audio(self, latent: jax.Array, audio_tokens: jax.Array | None) -> jax.Array:
-        """Adds the frame-local audio cross-attention update to the video tokens of `latent`."""
+    def add_audio(
+        self, latent: jax.Array, audio_tokens: jax.Array | None, audio_gate: jax.Array | None
+    ) -> jax.Array:
+        """Adds the frame-local audio cross-attention update to the video tokens of `latent`.
+
+        `audio_gate` (B, N_video) in [0, 1], when given, scales each video token's update (the audio region).
+        """
         if not self.use_audio:
             return latent
         nv = self.num_video_tokens
@@ -50,7 +58,10 @@ class BlockConfig(nn.Module):
             self.hidden_size, self.num_heads, self.backend, name="audio_attn", **self.kw
         )
         video = latent[:, :nv]
-        video = video + xattn(video, audio_tokens)
+        update = xattn(video, audio_tokens)  # (B, N_video, D)
+        if audio_gate is not None:
+            update = update * audio_gate[:, :, None].astype(update.dtype)
+        video = video + update
         return jnp.concatenate([video, latent[:, nv:]], axis=1)
 
 
@@ -60,7 +71,9 @@ def _act(x: jax.Array) -> jax.Array:
 
 class DualStreamBlock(BlockConfig):
     @nn.compact
-    def __call__(self, carry: Carry, temb, key_mask, cos, sin, audio_tokens) -> tuple[Carry, None]:
+    def __call__(
+        self, carry: Carry, temb, key_mask, cos, sin, audio_tokens, audio_gate
+    ) -> tuple[Carry, None]:
         x, c = carry  # (B, Sx, D), (B, L, D)
         d = self.hidden_size
         mod = dense(6 * d, ("embed", "null"), name="norm1", **self.kw)(nn.silu(temb))
@@ -81,7 +94,7 @@ class DualStreamBlock(BlockConfig):
         sx = x.shape[1]
         x = x + dense(d, ("heads", "embed"), name="to_out", **self.kw)(out[:, :sx]) * gate_msa[:, None]
         c = c + dense(d, ("heads", "embed"), name="to_add_out", **self.kw)(out[:, sx:]) * c_gate_msa[:, None]
-        x = _act(self.add_audio(x, audio_tokens))
+        x = _act(self.add_audio(x, audio_tokens, audio_gate))
 
         mlp_dim = int(d * self.mlp_ratio)
         nx = modulate(layer_norm(dtype=self.dtype)(x), shift_mlp, scale_mlp)
@@ -93,7 +106,9 @@ class DualStreamBlock(BlockConfig):
 
 class SingleStreamBlock(BlockConfig):
     @nn.compact
-    def __call__(self, carry: Carry, temb, key_mask, cos, sin, audio_tokens) -> tuple[Carry, None]:
+    def __call__(
+        self, carry: Carry, temb, key_mask, cos, sin, audio_tokens, audio_gate
+    ) -> tuple[Carry, None]:
         x, c = carry
         d, sx = self.hidden_size, x.shape[1]
         h = jnp.concatenate([x, c], axis=1)  # (B, Sx + L, D)
@@ -111,5 +126,5 @@ class SingleStreamBlock(BlockConfig):
         proj = dense(d, ("mlp", "embed"), name="proj_out", **self.kw)(jnp.concatenate([out, mlp], axis=-1))
         h = h + proj * gate[:, None]
         x, c = h[:, :sx], h[:, sx:]
-        x = _act(self.add_audio(x, audio_tokens))
+        x = _act(self.add_audio(x, audio_tokens, audio_gate))
         return (x, c), None

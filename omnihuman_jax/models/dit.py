@@ -93,6 +93,10 @@ class DiTConfig:
     # Hold the last motion frame on the frames to predict (conditions.motion_channels). False here so that
     # configs saved before it existed keep their behaviour; configs/base.py turns it on for new runs.
     motion_hold: bool = False
+    # Confine each block's audio update to the `audio_region` input (the mouth or face; HunyuanVideo-Avatar's
+    # face-aware audio adapter). Without it every token of a latent frame gets the same update, and at toy
+    # scale the DiT learned no use of audio, not even of the true lip opening (docs/learning_proof.md).
+    audio_gate: bool = False
 
     @classmethod
     def from_config(cls, model_cfg: Any, **overrides) -> DiTConfig:
@@ -140,6 +144,12 @@ def patchify(x: jax.Array, p: int) -> jax.Array:
     return x.reshape(b, t * (h // p) * (w // p), p * p * c)
 
 
+def region_tokens(region: jax.Array, p: int) -> jax.Array:
+    """(B, T, h, w) region mask on the latent grid -> (B, T*(h/p)*(w/p)): a token is in when any cell is."""
+    b, t, h, w = region.shape
+    return region.reshape(b, t, h // p, p, w // p, p).max(axis=(3, 5)).reshape(b, t * (h // p) * (w // p))
+
+
 def unpatchify(x: jax.Array, t: int, h: int, w: int, p: int) -> jax.Array:
     """(B, T*(H/p)*(W/p), p*p*C) -> (B, T, H, W, C)."""
     b = x.shape[0]
@@ -158,7 +168,8 @@ class OmniHumanDiT(nn.Module):
         """inputs: the model inputs of a training batch (docs/design.md); timestep: (B,) flow time in [0, 1].
 
         `inputs["noisy_latents"]` is x_t (B, T, h, w, C); `inputs["motion_latents"]` holds the motion
-        frames' clean latents (zeros elsewhere). Returns the velocity (B, T, h, w, C).
+        frames' clean latents (zeros elsewhere). With `audio_gate`, `inputs["audio_region"]` (B, T, h, w)
+        in [0, 1] says where the audio update applies. Returns the velocity (B, T, h, w, C).
         """
         cfg, kw = self.config, self.setup_kw()
         dtype = kw["dtype"]
@@ -228,6 +239,15 @@ class OmniHumanDiT(nn.Module):
                 name="audio_projector",
                 **kw,
             )(inputs["audio_feats"].astype(dtype))  # (B, T, Na, D)
+        audio_gate = None
+        if cfg.use_audio and cfg.audio_gate:
+            if "audio_region" not in inputs:
+                raise ValueError(
+                    "model.audio_gate needs the `audio_region` input (B, T, h, w): the data pipeline adds it "
+                    "from the clips' mouth landmarks, launch.sample from the --pose keypoints"
+                )
+            audio_gate = region_tokens(inputs["audio_region"].astype(dtype), p)  # (B, N_video)
+            audio_gate = nn.with_logical_constraint(audio_gate, ("act_batch", "act_length"))
 
         positions = video_and_reference_positions(t, h // p, w // p, with_reference=True)
         cos, sin = rope_cos_sin(positions, cfg.rope_axes_dim, cfg.rope_theta)
@@ -244,7 +264,7 @@ class OmniHumanDiT(nn.Module):
             backend=backend,
             **kw,
         )
-        args = (temb, key_mask, cos, sin, audio_tokens)
+        args = (temb, key_mask, cos, sin, audio_tokens, audio_gate)
         carry = self._stack(DualStreamBlock, cfg.num_dual_blocks, "transformer_blocks", common)(carry, *args)[
             0
         ]
@@ -273,7 +293,7 @@ class OmniHumanDiT(nn.Module):
                 cls,
                 variable_axes={"params": 0},
                 split_rngs={"params": True},
-                in_axes=(nn.broadcast,) * 5,
+                in_axes=(nn.broadcast,) * 6,
                 length=n,
                 metadata_params={nn.PARTITION_NAME: "layers"},
             )

@@ -65,6 +65,8 @@ def make_batch(cfg, seed: int = 0) -> dict[str, np.ndarray]:
             batch["condition_mask"][row, INDEX[name]] = False
     if "guidance" in batch:
         batch["guidance"] = np.linspace(1.0, 6.0, len(CASES)).astype(np.float32)
+    if "audio_region" in batch:  # model.audio_gate: a landmark region, 0 or 1 per latent cell
+        batch["audio_region"] = (batch["audio_region"] > 0.5).astype(np.float32)
     return batch
 
 
@@ -136,6 +138,12 @@ def assert_rows_match(got: np.ndarray, ref: np.ndarray, label: str) -> None:
 
 def test_tiny_torch_export_all_conditions_then_each_dropped_vs_reference(tiny):
     assert_rows_match(torch_forward(tiny["torch_model"], tiny["batch"]), tiny["ref"], "tiny")
+
+
+def test_tiny_audio_gated_torch_export_vs_reference(tmp_path):
+    gated = export_roundtrip(tiny_config(**{"model.audio_gate": True}), tmp_path)
+    assert gated["torch_model"].config.audio_gate
+    assert_rows_match(torch_forward(gated["torch_model"], gated["batch"]), gated["ref"], "tiny, audio gate")
 
 
 def test_small_scanned_torch_export_all_conditions_then_each_dropped_vs_reference(small):

@@ -156,3 +156,49 @@ def test_motion_hold_stacks_the_last_motion_latent_on_every_frame_to_predict():
     np.testing.assert_array_equal(held[1, 1:, ..., :3], np.broadcast_to(np.asarray(z[1, 0]), (3, 2, 2, 3)))
     np.testing.assert_array_equal(held[2], 0.0)  # no motion frames: zeros, as without hold
     np.testing.assert_array_equal(plain[0, 2:, ..., :3], 0.0)
+
+
+def _gated(tiny, region: np.ndarray):
+    """The tiny model with model.audio_gate, the same params, and inputs carrying `region` (B, T, h, w)."""
+    cfg, _, batch, params, _ = tiny
+    gated = build(cfg, audio_gate=True)
+    inputs = dict(inputs_from_batch(batch), audio_region=jnp.asarray(region, jnp.float32))
+    return lambda feats: gated.apply({"params": params}, dict(inputs, audio_feats=feats), T_NET)
+
+
+def test_audio_gate_with_the_whole_frame_equals_the_ungated_model(tiny):
+    cfg, _, batch, params, apply = tiny
+    b, t, h, w = batch["latents"].shape[:4]
+    run = _gated(tiny, np.ones((b, t, h, w)))
+    feats = jnp.asarray(batch["audio_feats"])
+    np.testing.assert_allclose(run(feats), apply(params, inputs_from_batch(batch)), atol=1e-5)
+
+
+def test_audio_gate_with_an_empty_region_makes_the_output_deaf_to_audio(tiny):
+    _, _, batch, _, _ = tiny
+    b, t, h, w = batch["latents"].shape[:4]
+    feats = jnp.asarray(batch["audio_feats"])
+    deaf = _gated(tiny, np.zeros((b, t, h, w)))
+    np.testing.assert_array_equal(deaf(feats), deaf(feats + 3.0))
+    region = np.zeros((b, t, h, w))
+    region[:, :, :2, :2] = 1.0  # one patch of every frame hears it
+    hearing = _gated(tiny, region)
+    assert np.abs(np.asarray(hearing(feats) - hearing(feats + 3.0))).max() > 1e-3
+
+
+def test_audio_gate_without_a_region_input_names_it(tiny):
+    cfg, _, batch, params, _ = tiny
+    gated = build(cfg, audio_gate=True)
+    with pytest.raises(ValueError, match="audio_region"):
+        gated.apply({"params": params}, inputs_from_batch(batch), T_NET)
+
+
+def test_region_tokens_pool_each_patch_in_token_order():
+    from omnihuman_jax.models.dit import patchify, region_tokens
+
+    region = np.zeros((1, 2, 4, 4), np.float32)
+    region[0, 1, 3, 0] = 1.0  # frame 1, patch row 1, patch column 0 (p = 2)
+    tokens = np.asarray(region_tokens(jnp.asarray(region), 2))
+    assert tokens.shape == (1, 8) and tokens.nonzero()[1].tolist() == [6]
+    # the same order as the video tokens: patchify of the region as a 1-channel latent
+    np.testing.assert_array_equal(tokens, np.asarray(patchify(jnp.asarray(region)[..., None], 2)).max(-1))
