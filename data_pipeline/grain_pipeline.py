@@ -34,7 +34,7 @@ import numpy as np
 
 from data_pipeline import heatmaps, masking, records, tfds_builder
 from data_pipeline.synthetic import local_batch_size
-from omnihuman_jax.batch import region_weights
+from omnihuman_jax.batch import landmark_mask_keys
 
 log = logging.getLogger(__name__)
 
@@ -121,7 +121,7 @@ class _BatchLoader:
         self.channels, self.scale = int(m.latent_channels), int(m.pose_heatmap_scale)
         # Frames-only datasets: heatmaps at (H / r * s, W / r * s), as the online-encoded latents will be.
         self.vae_ratio = int(config.get("vae", {}).get("spatial_compression_ratio", 8))
-        self.region_masks = tuple(region_weights(config))
+        self.region_masks = landmark_mask_keys(config)
         self.batch_size = int(config.batch_size)
         self.local_batch = local_batch_size(self.batch_size, process[1])
         self.first_sample = process[0] * self.local_batch

@@ -107,8 +107,9 @@ def hand_mask(
 
 
 HANDS = ((91, 112), (112, 133))  # COCO-WholeBody left and right hand landmarks
-# The flow loss's landmark masks by batch key (omnihuman_jax.batch.REGION_MASKS).
-LATENT_REGIONS = {"lip_mask": mouth_mask, "hand_mask": hand_mask}
+# Landmark masks by batch key: the flow loss's weighted regions (omnihuman_jax.batch.REGION_MASKS) and the
+# region the audio update is confined to with model.audio_gate (omnihuman_jax.batch.AUDIO_REGION).
+LATENT_REGIONS = {"lip_mask": mouth_mask, "hand_mask": hand_mask, "audio_region": mouth_mask}
 
 # Landmark groups whose pixels a reconstruction loss can weight up: they are small and they carry the
 # audio- and pose-driven motion (mouth: audio; hands: pose).

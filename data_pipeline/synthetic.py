@@ -17,7 +17,7 @@ from typing import Any
 import numpy as np
 
 from data_pipeline import heatmaps, masking, records
-from omnihuman_jax.batch import region_weights
+from omnihuman_jax.batch import landmark_mask_keys
 
 
 def local_batch_size(batch_size: int, process_count: int) -> int:
@@ -49,7 +49,7 @@ class SyntheticSource:
         scale = int(m.pose_heatmap_scale)
         self.pose_shape = (self.num_frames, self.h * scale, self.w * scale, int(m.pose_channels))
         self.pooled_dim = int(m.get("pooled_text_dim", 0))
-        self.region_masks = tuple(region_weights(config))
+        self.region_masks = landmark_mask_keys(config)
         self.eligible = masking.eligibility(
             text_mask=np.ones(1, bool), audio_eligible=True, pose_eligible=True, latent_frames=self.t
         )

@@ -31,7 +31,8 @@ def build_parser() -> argparse.ArgumentParser:
     a("--audio", required=True, help="Driving audio: wav/flac/mp3, or a video whose audio track is used.")
     a(
         "--pose",
-        help="Optional keypoints (.npy (F, 133, 3) or .json), pixels of --image, one per output frame.",
+        help="Optional keypoints (.npy (F, 133, 3) or .json), pixels of --image, one per output frame. "
+        "Required by checkpoints with model.audio_gate, which take the mouth region from them in every mode.",
     )
     a("--prompt", default="", help="Optional text prompt (needs --text_encoder).")
     a("--checkpoint", required=True, help="Training workdir (newest step) or one checkpoint step folder.")
@@ -101,7 +102,7 @@ def run(job: Job) -> None:
     import jax.numpy as jnp
     from tqdm import tqdm
 
-    from data_pipeline.heatmaps import render_heatmaps
+    from data_pipeline.heatmaps import mouth_mask, render_heatmaps
     from omnihuman_jax.guidance import guidance_mode
     from omnihuman_jax.long_video import SamplerSettings, SegmentSampler, covered_frames, generate_long_video
     from omnihuman_jax.models.dit import OmniHumanDiT
@@ -140,6 +141,8 @@ def run(job: Job) -> None:
         )
         if dit.guidance_embeds:
             cond["guidance"] = np.zeros((1,), np.float32)
+        if dit.audio_gate:  # the mouth region from the keypoints, in every mode (validate() requires them)
+            cond["audio_region"] = mouth_mask(job.keypoints[sl], h, w)[None]  # (1, T, h, w)
         return cond
 
     mesh, params = None, job.params

@@ -169,6 +169,8 @@ def segment_inputs_shapes(dit, t: int, f: int, hw: tuple[int, int], text_len: in
     )
     if dit.guidance_embeds:
         out["guidance"] = jnp.zeros((1,))
+    if dit.audio_gate:
+        out["audio_region"] = jnp.zeros((1, t, h, w))
     return out
 
 
@@ -211,6 +213,11 @@ def validate(args: argparse.Namespace) -> Job:
         raise SampleError(f"--cfg_pose {args.cfg_pose} applies to --mode=pose only (this run's mode: {mode})")
     if mode in ("pose", "combined") and not args.pose:
         raise SampleError(f"--mode {mode} needs --pose")
+    if dit.audio_gate and dit.use_audio and not args.pose:
+        raise SampleError(
+            "this checkpoint confines audio to the mouth region (model.audio_gate): pass --pose KEYPOINTS "
+            "with the face landmarks of every output frame (in --mode audio only the mouth region is used)"
+        )
     if args.prompt and not args.text_encoder:
         raise SampleError("--prompt needs --text_encoder DIR (the encoder the training data was built with)")
     if args.text_encoder:

@@ -203,8 +203,12 @@ def step_sample(
     sampling: dict | None = None,
 ) -> Path:  # fmt: skip
     """One video per held-out clip, driven by `mode` (audio / pose / combined) -> samples/<folder>/."""
+    from omnihuman_jax.checkpointing import load_run_config
+
     s = dict(cfg.sampling, **(sampling or {}))
     out_dir = root / "samples" / (folder or mode)
+    # A model with model.audio_gate takes its mouth region from the keypoints in every mode.
+    gated = bool(load_run_config(str(checkpoint)).get("model", {}).get("audio_gate", False))
     for item in inputs:
         out = out_dir / f"{item['clip_id']}.mp4"
         if out.is_file():
@@ -217,7 +221,7 @@ def step_sample(
             "--cfg_schedule", s["cfg_schedule"], "--cfg_floor", str(s["cfg_floor"]),
             "--fps", str(cfg.world.fps), "--out", str(out), "--overwrite",
         ]  # fmt: skip
-        if mode in ("pose", "combined"):
+        if mode in ("pose", "combined") or gated:
             args += ["--pose", str(item["pose"])]
         if mode == "pose":
             args += ["--cfg_pose", str(s.get("cfg_pose", 1.0))]

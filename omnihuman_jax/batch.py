@@ -21,6 +21,16 @@ def region_weights(config: Any) -> dict[str, float]:
     return {key: w for key, w in weights.items() if w > 0}
 
 
+# The audio gate's region (model.audio_gate), (B, T, h, w) on the latent grid: the mouth landmarks' region.
+AUDIO_REGION = "audio_region"
+
+
+def landmark_mask_keys(config: Any) -> tuple[str, ...]:
+    """Batch keys of every landmark mask the run needs: the loss's weighted regions and the audio region."""
+    gate = bool(config.get("model", {}).get("audio_gate", False))
+    return tuple(region_weights(config)) + ((AUDIO_REGION,) if gate else ())
+
+
 def batch_shapes(config: Any, batch_size: int) -> dict[str, tuple[tuple[int, ...], np.dtype]]:
     m, s = config.model, config.shape
     t, h, w = s.latent_frames, s.latent_height, s.latent_width
@@ -36,7 +46,7 @@ def batch_shapes(config: Any, batch_size: int) -> dict[str, tuple[tuple[int, ...
         "motion_mask": ((batch_size, t), np.bool_),
         "condition_mask": ((batch_size, len(CONDITIONS)), np.bool_),
     }
-    for key in region_weights(config):
+    for key in landmark_mask_keys(config):
         shapes[key] = ((batch_size, t, h, w), np.float32)
     if m.pooled_text_dim:
         shapes["text_pooled"] = ((batch_size, m.pooled_text_dim), np.float32)

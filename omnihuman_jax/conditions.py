@@ -57,6 +57,7 @@ def model_inputs(batch: dict[str, jax.Array], noisy_latents: jax.Array) -> dict[
         "condition_mask",
         "text_pooled",
         "guidance",
+        "audio_region",
     )
     inputs = {k: batch[k] for k in keys if k in batch}
     motion = batch["motion_mask"].astype(batch["latents"].dtype)[:, :, None, None, None]

@@ -282,15 +282,20 @@ def test_dataset_from_build_cli_without_text_encoder_trains_with_text_ratio_zero
 
 @pytest.mark.parametrize(
     ("weight", "key", "rasterise"),
-    [("lip_weight", "lip_mask", heatmaps.mouth_mask), ("hand_weight", "hand_mask", heatmaps.hand_mask)],
+    [
+        ("flow.lip_weight", "lip_mask", heatmaps.mouth_mask),
+        ("flow.hand_weight", "hand_mask", heatmaps.hand_mask),
+        ("model.audio_gate", "audio_region", heatmaps.mouth_mask),
+    ],
 )
 def test_region_weight_adds_each_clips_landmark_mask(dataset, weight, key, rasterise):
-    """With flow.lip_weight (flow.hand_weight) the batch carries lip_mask (hand_mask) (B, T, h, w): the
-    record's mouth (hand) landmarks on the latent grid, whether or not pose is on; zeros for a clip
-    without keypoints."""
+    """With flow.lip_weight (flow.hand_weight, model.audio_gate) the batch carries lip_mask (hand_mask,
+    audio_region) (B, T, h, w): the record's mouth (hand) landmarks on the latent grid, whether or not pose
+    is on; zeros for a clip without keypoints."""
     path, by_latents = dataset
     cfg = _config(path)
-    cfg.flow[weight] = 5.0
+    section, name = weight.split(".")
+    cfg[section][name] = True if name == "audio_gate" else 5.0
     batches = _take(grain_pipeline.make_train_iterator(cfg), 6)
     with_kp = without_kp = 0
     for b in batches:
@@ -306,4 +311,4 @@ def test_region_weight_adds_each_clips_landmark_mask(dataset, weight, key, raste
                 assert not b[key][i].any()
     assert with_kp and without_kp
     plain = _take(grain_pipeline.make_train_iterator(_config(path)), 1)[0]
-    assert "lip_mask" not in plain and "hand_mask" not in plain
+    assert "lip_mask" not in plain and "hand_mask" not in plain and "audio_region" not in plain

@@ -53,6 +53,11 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     params = jax.tree.map(np.asarray, params)
     _save_checkpoint(root / "run", config, params)
 
+    # a checkpoint whose audio update is confined to the mouth region (model.audio_gate)
+    gated_cfg = _tiny_config()
+    gated_cfg.model.audio_gate = True
+    _save_checkpoint(root / "gated_run", gated_cfg, params)  # the gate adds no params
+
     # a checkpoint whose params do not fit its config: one kernel with the wrong shape
     bad = jax.tree.map(lambda x: x, params)
     bad["proj_out"]["kernel"] = np.zeros((3, 3), np.float32)
@@ -76,6 +81,8 @@ def assets(tmp_path_factory) -> dict[str, Path]:
     (root / "notaudio.wav").write_bytes(b"this is not audio" * 10)
     (root / "notimage.png").write_bytes(b"not a png")
     np.save(root / "pose_short.npy", rng.random((5, 133, 3)).astype(np.float32) * 60)
+    pose = np.concatenate([rng.random((33, 133, 2)) * 60, np.ones((33, 133, 1))], axis=-1)
+    np.save(root / "pose33.npy", pose.astype(np.float32))  # 3.3 s at 10 fps, every point confident
     return {p.name: p for p in root.iterdir()}
 
 
@@ -120,6 +127,17 @@ def test_cli_writes_an_mp4_with_audio_at_the_audio_length_and_the_image_bucket(a
     assert cli.contact_sheet_path(out).is_file()
 
 
+def test_audio_gated_checkpoint_samples_audio_driven_with_the_mouth_region_of_pose(assets, tmp_path):
+    out = tmp_path / "gated.mp4"
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=flags)
+    over = {"--checkpoint": assets["gated_run"], "--pose": assets["pose33.npy"], "--mode": "audio"}
+    cmd = [sys.executable, "-m", "launch.sample", *_args(assets, out, **over)]
+    proc = subprocess.run(cmd, cwd=REPO, env=env, capture_output=True, text=True, timeout=900)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    assert abs(_probe(out)[0] - round(AUDIO_SECONDS * FPS)) <= 1
+
+
 @pytest.mark.parametrize(
     "over,message",
     [
@@ -135,6 +153,7 @@ def test_cli_writes_an_mp4_with_audio_at_the_audio_length_and_the_image_bucket(a
         ({"--mel_bins": "80"}, "trained on"),
         ({"--segment_frames": "10"}, "1 \\+ 4k"),
         ({"--cfg_pose": "2"}, "--cfg_pose 2.0 applies to --mode=pose only"),
+        ({"--checkpoint": "gated_run"}, "model.audio_gate\\): pass --pose"),
     ],
 )
 def test_bad_inputs_fail_before_compute_with_a_clear_error(
