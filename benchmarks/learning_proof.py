@@ -37,7 +37,7 @@ TARGETS = (
 # The pose error is measured only where a hand is seen: below this share of seen hands it cannot count as met.
 HANDS_FOUND_MIN = 0.9
 # Training flags of the recipe named in the report besides batch and lr (the bookkeeping ones are not).
-RECIPE_FLAG_PREFIXES = ("flow.", "optimizer.lr_multipliers", "optimizer.ema_decay")
+RECIPE_FLAG_PREFIXES = ("flow.", "model.", "optimizer.lr_multipliers", "optimizer.ema_decay")
 
 
 def run_proof(cfg: Any, root: Path) -> tuple[dict[str, dict[str, float]], dict[str, float]]:
