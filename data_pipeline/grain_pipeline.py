@@ -200,11 +200,12 @@ class _BatchLoader:
             out["pose_heatmaps"] = heatmaps.render_heatmaps(record["keypoints"], *hm_size)
         else:
             out["pose_heatmaps"] = np.zeros((num_frames, *hm_size, heatmaps.NUM_CHANNELS), np.float32)
+        kp, rasterised = record["keypoints"], {}  # lip_mask and audio_region share one rasterisation
         for key in self.region_masks:  # from the landmarks whether or not pose is a condition of this sample
-            kp = record["keypoints"]
-            out[key] = (
-                heatmaps.LATENT_REGIONS[key](kp, h, w) if kp.shape[0] else np.zeros((t, h, w), np.float32)
-            )
+            fn = heatmaps.LATENT_REGIONS[key]
+            if fn not in rasterised:
+                rasterised[fn] = fn(kp, h, w) if kp.shape[0] else np.zeros((t, h, w), np.float32)
+            out[key] = rasterised[fn]
         out["motion_mask"], out["condition_mask"] = np.zeros(t, bool), mask
         masking.apply_condition_mask(out, mask, self.motion_frames)
         return out

@@ -192,17 +192,16 @@ class Block(nn.Module):
         if use_audio:
             self.audio_attn = AudioCrossAttention(dim, heads)
 
-    def add_audio(self, x: Tensor, audio_tokens: Tensor | tuple | None, n_video: int) -> Tensor:
-        """`audio_tokens` is the tokens, or (tokens, gate (B, n_video)) with the model's audio gate."""
+    def add_audio(
+        self, x: Tensor, audio_tokens: Tensor | None, audio_gate: Tensor | None, n_video: int
+    ) -> Tensor:
+        """`audio_gate` (B, n_video), with the model's audio gate, scales each video token's update."""
         if not hasattr(self, "audio_attn"):
             return x
-        gate = None
-        if isinstance(audio_tokens, tuple):
-            audio_tokens, gate = audio_tokens
         video = x[:, :n_video]
         update = self.audio_attn(video, audio_tokens)
-        if gate is not None:
-            update = update * gate[:, :, None]
+        if audio_gate is not None:
+            update = update * audio_gate[:, :, None]
         return torch.cat([video + update, x[:, n_video:]], dim=1)
 
 
@@ -216,7 +215,7 @@ class DualStreamBlock(Block):
         self.ff = FeedForward(dim, int(dim * mlp_ratio))
         self.ff_context = FeedForward(dim, int(dim * mlp_ratio))
 
-    def forward(self, x, c, temb, key_mask, cos, sin, audio_tokens, n_video):
+    def forward(self, x, c, temb, key_mask, cos, sin, audio_tokens, audio_gate, n_video):
         shift, scale, gate, shift_mlp, scale_mlp, gate_mlp = self.norm1(temb)
         c_shift, c_scale, c_gate, c_shift_mlp, c_scale_mlp, c_gate_mlp = self.norm1_context(temb)
         a, h = self.attn, self.heads
@@ -231,7 +230,7 @@ class DualStreamBlock(Block):
         sx = x.shape[1]
         x = x + a.to_out[0](out[:, :sx]) * gate[:, None]
         c = c + a.to_add_out(out[:, sx:]) * c_gate[:, None]
-        x = self.add_audio(x, audio_tokens, n_video)
+        x = self.add_audio(x, audio_tokens, audio_gate, n_video)
         x = x + self.ff(modulate(layer_norm(x), shift_mlp, scale_mlp)) * gate_mlp[:, None]
         c = c + self.ff_context(modulate(layer_norm(c), c_shift_mlp, c_scale_mlp)) * c_gate_mlp[:, None]
         return x, c
@@ -248,7 +247,7 @@ class SingleStreamBlock(Block):
         self.proj_mlp = nn.Linear(dim, mlp_dim)
         self.proj_out = nn.Linear(dim + mlp_dim, dim)
 
-    def forward(self, x, c, temb, key_mask, cos, sin, audio_tokens, n_video):
+    def forward(self, x, c, temb, key_mask, cos, sin, audio_tokens, audio_gate, n_video):
         sx = x.shape[1]
         hs = torch.cat([x, c], dim=1)
         shift, scale, gate = self.norm(temb)
@@ -259,7 +258,7 @@ class SingleStreamBlock(Block):
         k = torch.cat([apply_rope(k[:, :sx], cos, sin), k[:, sx:]], dim=1)
         out = attention(q, k, v, key_mask)
         hs = hs + self.proj_out(torch.cat([out, mlp], dim=-1)) * gate[:, None]
-        return self.add_audio(hs[:, :sx], audio_tokens, n_video), hs[:, sx:]
+        return self.add_audio(hs[:, :sx], audio_tokens, audio_gate, n_video), hs[:, sx:]
 
 
 class RefinerAttention(nn.Module):

@@ -218,9 +218,10 @@ class OmniHumanDiTTorch(nn.Module):
 
         text = self.context_embedder(inputs["text_emb"].to(dtype), t_net, inputs["text_mask"])
         audio = self.audio_projector(inputs["audio_feats"].to(dtype)) if c.use_audio else None
-        if audio is not None and c.audio_gate:  # (tokens, gate (B, N_video)): a token is in when any cell is
+        gate = None
+        if audio is not None and c.audio_gate:  # (B, N_video): a token is in when any of its cells is
             region = inputs["audio_region"].to(dtype).reshape(b, t, h // p, p, w // p, p)
-            audio = (audio, region.amax(dim=(3, 5)).reshape(b, n_video))
+            gate = region.amax(dim=(3, 5)).reshape(b, n_video)
 
         positions = video_and_reference_positions(t, h // p, w // p, device=x.device)
         cos, sin = rope_cos_sin(positions, c.rope_axes_dim, c.rope_theta)
@@ -229,7 +230,7 @@ class OmniHumanDiTTorch(nn.Module):
         key_mask = torch.cat([ones, ref_valid, inputs["text_mask"]], dim=1)[:, None, None, :]  # (B, 1, 1, S)
 
         for blk in [*self.transformer_blocks, *self.single_transformer_blocks]:
-            x, text = blk(x, text, temb, key_mask, cos, sin, audio, n_video)
+            x, text = blk(x, text, temb, key_mask, cos, sin, audio, gate, n_video)
         x = x[:, :n_video]
         scale, shift = self.norm_out.linear(F.silu(temb)).chunk(2, dim=-1)  # scale first, as diffusers
         x = self.proj_out(layer_norm(x) * (1 + scale[:, None]) + shift[:, None])
