@@ -13,6 +13,18 @@ temporal path gives back) and against A_0 (what a VAE that ignores later latents
 - `err_to_first`: the same against A_0 repeated;
 - `motion_kept`: mean |frame-to-frame change| of the reconstruction of B's own clip over that of B, 1.0
   when motion survives the round trip, 0.0 when the reconstruction is a still image.
+
+`--mouth --world=W` probes the same temporal path on the toy world's mouth instead, over W's held-out
+clips (`clips/*.truth.npz`): a 4x causal VAE keeps one latent frame per 4 video frames, and the lips can
+open and close within those 160 ms at 25 fps. Per clip it measures the mouth opening
+(`data_pipeline.toyworld.measure`) of the clip, of its round trip as one clip, and of the round trip of
+each frame alone (the first-frame path: spatial coding only), and reports means over the clips:
+
+- `sync_truth`, `sync_clip`, `sync_frames`: lip sync (`measure.sync_score`) of each;
+- `sync_group_means`: lip sync of the clip's own opening with frame 0 kept and each later 4-frame group
+  replaced by its mean, which is what a VAE that keeps one mouth per latent frame can give back at best;
+- `mouth_detail_kept`: the opening's spread within the 4-frame groups after the clip round trip over the
+  clip's own (1.0: every frame's mouth survives; 0.0: one mouth per latent frame).
 """
 
 from __future__ import annotations
@@ -26,6 +38,7 @@ import numpy as np
 
 from omnihuman_jax import xla_env
 
+GROUP = 4  # video frames per latent frame after the first (HunyuanVideo's 4x causal VAE)
 RoundTrip = Callable[[np.ndarray], np.ndarray]  # uint8 (B, F, H, W, 3) -> uint8 (B, F, H, W, 3)
 
 
@@ -82,10 +95,77 @@ def load_clips(folder: Path, frames: int, limit: int) -> np.ndarray:
     return np.stack(clips)
 
 
+def group_means(series: np.ndarray, group: int = GROUP) -> np.ndarray:
+    """(F,) per-frame values -> (F,): frame 0 kept, each later group of `group` frames (the video frames
+    of one causal latent frame; a short last group included) replaced by its mean."""
+    out = np.asarray(series, np.float64).copy()
+    for start in range(1, out.shape[0], group):
+        out[start : start + group] = out[start : start + group].mean()
+    return out
+
+
+def within_group_spread(series: np.ndarray, group: int = GROUP) -> float:
+    """Mean standard deviation of (F,) values within the groups of `group_means` (whole groups only)."""
+    x = np.asarray(series, np.float64)
+    whole = (x.shape[0] - 1) // group
+    if whole < 1:
+        raise ValueError(f"need at least 1 + {group} frames for one whole group, got {x.shape[0]}")
+    return float(x[1 : 1 + whole * group].reshape(whole, group).std(axis=1).mean())
+
+
+def mouth_detail(
+    truth: np.ndarray, clip_recon: np.ndarray, frame_recon: np.ndarray, wav: np.ndarray, sr: int, fps: float
+) -> dict[str, float]:
+    """The `--mouth` figures of one clip: uint8 (F, H, W, 3) frames, the clip round trip, each frame's."""
+    from data_pipeline.toyworld import measure
+
+    opening = measure.mouth_opening(truth)  # (F,) px
+    envelope = measure.audio_envelope(wav, sr, fps, truth.shape[0])
+    spread = within_group_spread(opening)
+    kept = within_group_spread(measure.mouth_opening(clip_recon)) / spread if spread else 0.0
+    lag = measure.DEFAULT_MAX_LAG
+    return {
+        "sync_truth": measure.sync_score(truth, wav, sr, fps),
+        "sync_clip": measure.sync_score(clip_recon, wav, sr, fps),
+        "sync_frames": measure.sync_score(frame_recon, wav, sr, fps),
+        "sync_group_means": measure.lagged_correlation(group_means(opening), envelope, lag)[0],
+        "mouth_detail_kept": kept,
+    }
+
+
+def mouth_probe(roundtrip: RoundTrip, world: Path, limit: int) -> dict[str, float]:
+    """Means of `mouth_detail` over up to `limit` held-out clips of a toy world (1 + 4k frames each)."""
+    from data_pipeline.toyworld import render, speech
+    from launch.evaluate import eval_clip_ids, load_truth
+
+    if not (world / "manifest.jsonl").is_file():
+        raise FileNotFoundError(f"{world}: no manifest.jsonl, so no held-out clips to probe (a toy world?)")
+    ids = eval_clip_ids(world)[:limit]
+    if not ids:
+        raise FileNotFoundError(f"{world}: no held-out clips to probe; is --world a toy world folder?")
+    rows = []
+    for cid in ids:
+        frames = render.read_mp4(world / "clips" / f"{cid}.mp4")  # (F, H, W, 3)
+        frames = frames[: 1 + GROUP * ((frames.shape[0] - 1) // GROUP)]
+        clip_recon = roundtrip(frames[None])[0]
+        frame_recon = roundtrip(frames[:, None])[:, 0]  # each frame as a 1-frame clip
+        wav = speech.pcm16_to_float(load_truth(world, cid)["driving_audio"])
+        rows.append(mouth_detail(frames, clip_recon, frame_recon, wav, speech.SAMPLE_RATE, render_fps(world)))
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"clips": float(len(rows))}
+
+
+def render_fps(world: Path) -> float:
+    """The world's frame rate from its `toyworld.json` (25 fps when the file has none)."""
+    meta = world / "toyworld.json"
+    return float(json.loads(meta.read_text()).get("fps", 25.0)) if meta.is_file() else 25.0
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--vae", type=Path, required=True, help="a VAE folder written by launch.train_vae")
-    p.add_argument("--clips", type=Path, required=True, help="a folder of mp4 clips (e.g. a world's clips/)")
+    p.add_argument("--clips", type=Path, help="a folder of mp4 clips (e.g. a world's clips/): the swap probe")
+    p.add_argument("--mouth", action="store_true", help="probe the mouth's temporal detail instead (--world)")
+    p.add_argument("--world", type=Path, help="with --mouth: a toy world folder; its held-out clips are used")
     p.add_argument("--frames", type=int, default=5, help="frames per probe clip, 1 + 4k (default 5)")
     p.add_argument("--limit", type=int, default=8, help="at most this many clips (default 8)")
     return p
@@ -93,6 +173,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    if args.mouth:
+        if args.world is None:
+            raise SystemExit("--mouth needs --world=DIR, a toy world folder (e.g. runs/p16/val_world)")
+        result = mouth_probe(vae_roundtrip(args.vae), args.world, args.limit)
+        print(json.dumps({k: round(v, 4) for k, v in result.items()}))
+        return 0
+    if args.clips is None:
+        raise SystemExit("--clips=DIR is required (or --mouth --world=DIR)")
     if args.frames < 5 or (args.frames - 1) % 4:
         raise SystemExit(f"--frames={args.frames} must be 1 + 4k with k >= 1 (5, 9, ...)")
     clips = load_clips(args.clips, args.frames, args.limit)

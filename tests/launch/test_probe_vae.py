@@ -54,3 +54,76 @@ def test_cli_names_a_folder_with_too_few_clips(tmp_path):
     (tmp_path / "clips").mkdir()
     with pytest.raises(FileNotFoundError, match="at least 2 mp4"):
         probe_vae.main(["--vae", str(tmp_path / "vae"), "--clips", str(tmp_path / "clips")])
+
+
+# --- the mouth's temporal detail (--mouth) ---
+
+
+def test_group_means_keep_frame_0_and_average_each_later_group_of_4():
+    series = np.array([5.0, 1, 2, 3, 4, 10, 20])
+    np.testing.assert_allclose(probe_vae.group_means(series), [5, 2.5, 2.5, 2.5, 2.5, 15, 15])
+
+
+def test_within_group_spread_is_0_for_one_value_per_group_and_counts_whole_groups_only():
+    assert probe_vae.within_group_spread(np.array([9.0, 1, 1, 1, 1, 2, 2, 2, 2, 7])) == 0.0
+    # One group [0, 2, 0, 2]: std 1; the short group after it is left out.
+    assert probe_vae.within_group_spread(np.array([9.0, 0, 2, 0, 2, 50])) == pytest.approx(1.0)
+    with pytest.raises(ValueError, match="one whole group"):
+        probe_vae.within_group_spread(np.array([1.0, 2, 3]))
+
+
+@pytest.fixture(scope="module")
+def mouth_world(tmp_path_factory):
+    from data_pipeline.toyworld import generate
+
+    root = tmp_path_factory.mktemp("mouth") / "world"
+    generate.generate_dataset(
+        root, num_identities=2, clips_per_identity=1, seed=3, seconds=1.0, eval_identities=1,
+        audio_clean_rate=1.0, pose_clean_rate=1.0, camera_motion_rate=0.0,
+    )  # fmt: skip
+    return root
+
+
+def _one_frame_per_group(x: np.ndarray) -> np.ndarray:
+    """A round trip that keeps one frame per latent frame: each later group of 4 shows its last frame."""
+    out = x.copy()
+    for start in range(1, x.shape[1], 4):
+        out[:, start : start + 4] = x[:, min(start + 3, x.shape[1] - 1)][:, None]
+    return out
+
+
+def test_mouth_probe_keeps_all_detail_for_a_perfect_round_trip(mouth_world):
+    out = probe_vae.mouth_probe(lambda x: x, mouth_world, limit=4)
+    assert out["clips"] == 1.0
+    assert out["sync_truth"] > 0.9  # the evaluator's calibration on ground truth
+    assert out["sync_clip"] == pytest.approx(out["sync_truth"])
+    assert out["sync_frames"] == pytest.approx(out["sync_truth"])
+    assert out["mouth_detail_kept"] == pytest.approx(1.0)
+    assert out["sync_group_means"] < out["sync_truth"]  # the lips move within a latent frame's 160 ms
+
+
+def test_mouth_probe_catches_a_round_trip_with_one_mouth_per_latent_frame(mouth_world):
+    out = probe_vae.mouth_probe(_one_frame_per_group, mouth_world, limit=4)
+    assert out["mouth_detail_kept"] == 0.0
+    assert out["sync_frames"] == pytest.approx(out["sync_truth"])  # single frames pass through unchanged
+    assert out["sync_clip"] < out["sync_truth"] - 0.1
+
+
+def test_cli_mouth_probe_prints_its_figures_and_names_a_missing_world(mouth_world, tmp_path, capsys):
+    cfg = V.VAEConfig(latent_channels=4, block_out_channels=(8, 8, 8, 8), norm_num_groups=2)
+    save_vae(tmp_path / "vae", cfg, V.init_vae(cfg, jax.random.key(0)))
+    argv = ["--vae", str(tmp_path / "vae"), "--mouth"]
+    assert probe_vae.main([*argv, "--world", str(mouth_world)]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert set(out) == {
+        "sync_truth",
+        "sync_clip",
+        "sync_frames",
+        "sync_group_means",
+        "mouth_detail_kept",
+        "clips",
+    }
+    with pytest.raises(SystemExit, match="--mouth needs --world"):
+        probe_vae.main(argv)
+    with pytest.raises(FileNotFoundError, match="no held-out clips"):
+        probe_vae.main([*argv, "--world", str(tmp_path)])
