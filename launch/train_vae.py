@@ -5,13 +5,14 @@
 The dataset is one built by `python -m data_pipeline.build` without `--vae` (records hold RGB frames).
 Each step draws `batch_size` clips (a seeded permutation per epoch, so the iterator state is the step),
 crops `clip_frames` (1 + 4k) consecutive frames and trains the VAE of `omnihuman_jax.vae_train_step`
-(L1 + SSIM + KL, and optional motion- and landmark-region-weighted L1s: `loss.motion_l1`,
-`loss.region_l1`). Orbax checkpoints go to W/checkpoints every `checkpoint_every` steps; running again
-resumes from the newest. At the end the latent statistics are measured (so the exported config's
-shift/scaling factors give unit-variance latents) and the VAE is written to `--out` (default W/vae) as
-an `AutoencoderKLHunyuanVideo` folder that `omnihuman_jax.interop.diffusers_vae.load_vae`, the data
-builder (`--vae`) and the trainer (`--config.vae.path`) read. Any config value can be overridden with
---config.KEY=VALUE.
+(L1 + SSIM + KL, and optional motion- and landmark-region-weighted L1s and an L1 of the frame-to-frame
+changes over the landmark regions: `loss.motion_l1`, `loss.region_l1`, `loss.temporal_l1`; with
+`video_lr_restart` the clip phase gets a learning-rate schedule of its own). Orbax checkpoints go to
+W/checkpoints every `checkpoint_every` steps; running again resumes from the newest. At the end the
+latent statistics are measured (so the exported config's shift/scaling factors give unit-variance
+latents) and the VAE is written to `--out` (default W/vae) as an `AutoencoderKLHunyuanVideo` folder that
+`omnihuman_jax.interop.diffusers_vae.load_vae`, the data builder (`--vae`) and the trainer
+(`--config.vae.path`) read. Any config value can be overridden with --config.KEY=VALUE.
 """
 
 from __future__ import annotations
@@ -48,6 +49,9 @@ def default_config() -> ml_collections.ConfigDict:
             # kernel's temporal taps, and clips trained from its leftover random taps learn to repeat
             # frame 0. With it each latent frame starts as the image code of its last frame.
             causal_inflation=True,
+            # The video phase restarts the learning-rate schedule (warmup, then cosine over its own steps).
+            # Off, one schedule spans both phases, and the clips train at its decayed tail.
+            video_lr_restart=False,
             crop_size=0,  # square spatial crop (a multiple of 8; 0: whole frames); the VAE is convolutional
             block_out_channels=(8, 16, 32, 32),
             # Spatial halvings go in the first log2(ratio) blocks: 8 (the usual video-VAE ratio) or 4,
@@ -60,8 +64,9 @@ def default_config() -> ml_collections.ConfigDict:
             mid_block_add_attention=False,
             # region_l1: an L1 over boxes around the mouth and hand landmarks of each frame (records
             # without keypoints add none), normalised like motion_l1; `region_margin` widens each box by
-            # this fraction of the frame's short side.
-            loss=dict(l1=1.0, ssim=0.2, kl=1e-6, motion_l1=0.0, region_l1=0.0),
+            # this fraction of the frame's short side. temporal_l1: an L1 of the frame-to-frame changes over
+            # the same boxes, so the mouth's movement within a latent frame's 4 video frames counts.
+            loss=dict(l1=1.0, ssim=0.2, kl=1e-6, motion_l1=0.0, region_l1=0.0, temporal_l1=0.0),
             region_margin=0.03,
             optimizer=dict(
                 lr=2e-3,
@@ -241,19 +246,19 @@ def build_training(config: Any) -> tuple[Any, Any, Any, Any, Any]:
     """(vae config, mesh, fresh train state, its shardings, jitted step) from a train_vae config."""
     from omnihuman_jax import sharding as shd
     from omnihuman_jax import vae_train_step as vts
-    from omnihuman_jax.train_state import lr_schedule
 
     cfg = vae_config_from(config)
     mesh = shd.make_mesh(dict(config.mesh))
-    optimizer = vts.make_vae_optimizer(config.optimizer, config.total_steps)
+    restart_at = config.image_steps if config.video_lr_restart else 0
+    optimizer = vts.make_vae_optimizer(config.optimizer, config.total_steps, restart_at)
     state, shardings = vts.init_vae_train_state(cfg, optimizer, config.seed, mesh, config.logical_axis_rules)
-    lr_fn = lr_schedule(config.optimizer, config.total_steps)
+    lr_fn = vts.vae_lr_schedule(config.optimizer, config.total_steps, restart_at)
     weights = vts.VAELossWeights(**dict(config.loss))
     step_fn = vts.jit_vae_train_step(
         vts.make_vae_train_step(cfg, optimizer, weights, config.seed, lr_fn),
         shardings,
         mesh,
-        with_region=bool(weights.region_l1),
+        with_region=weights.needs_region,
     )
     return cfg, mesh, state, shardings, step_fn
 
@@ -279,7 +284,7 @@ def _train_vae(config: Any, data_dir: str, workdir: str, out: str) -> dict[str, 
         config.clip_frames,
         config.seed,
         crop=config.crop_size,
-        region_margin=config.region_margin if config.loss.region_l1 else None,
+        region_margin=config.region_margin if vts.VAELossWeights(**dict(config.loss)).needs_region else None,
     )
     ckpt = Checkpointer(workdir, max_to_keep=2)
     meta = {"config": json.loads(config.to_json_best_effort()), "vae_config": cfg.to_diffusers()}

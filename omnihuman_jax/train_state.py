@@ -49,11 +49,14 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
-def make_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformation:
+def make_optimizer(
+    opt_cfg: Any, total_steps: int, schedule: optax.Schedule | None = None
+) -> optax.GradientTransformation:
+    """AdamW on `schedule` (default: `lr_schedule(opt_cfg, total_steps)`) after global-norm clipping."""
     return optax.chain(
         optax.clip_by_global_norm(opt_cfg.grad_clip),
         optax.adamw(
-            lr_schedule(opt_cfg, total_steps),
+            schedule or lr_schedule(opt_cfg, total_steps),
             b1=opt_cfg.b1,
             b2=opt_cfg.b2,
             eps=opt_cfg.eps,

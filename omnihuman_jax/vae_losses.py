@@ -7,7 +7,10 @@ each pixel by how much the target changes there between frames. Talking-head mot
 well under 1% of the pixels, so the plain L1 barely sees it; this term is normalised by the weights' sum,
 so it counts the moving pixels as much as the plain L1 counts the whole frame. The optional region-weighted
 L1 does the same for a given weight map: boxes around the mouth and hand landmarks, which a lossy VAE
-otherwise blurs away (docs/learning_proof_history.md, session 12).
+otherwise blurs away (docs/learning_proof_history.md, session 12). The optional temporal-difference L1
+compares the frame-to-frame changes of reconstruction and target over that region: a 4x causal VAE that
+gives back one mouth per latent frame (the mean of its 4 video frames) pays little plain L1 for it, but
+its changes inside the group are zero (docs/learning_proof.md, session 17).
 """
 
 from __future__ import annotations
@@ -48,6 +51,21 @@ def region_weighted_l1(pred: jax.Array, target: jax.Array, region: jax.Array, ep
     w = region.astype(jnp.float32)[..., None]  # (B, F, H, W, 1)
     err = jnp.abs(pred.astype(jnp.float32) - target.astype(jnp.float32)).mean(axis=-1, keepdims=True)
     return jnp.sum(w * err) / (jnp.sum(w) + eps)
+
+
+def temporal_region_l1(pred: jax.Array, target: jax.Array, region: jax.Array, eps: float = 1e-6) -> jax.Array:
+    """L1 of the frame-to-frame changes, (B, F, H, W, C) each, over a region (B, F, H, W): -> ().
+
+    The change from frame f-1 to f weighs max(region_{f-1}, region_f) per pixel, normalised by the weights'
+    sum like `region_weighted_l1`; 0 for single frames or an empty region.
+    """
+    if target.ndim != 5 or target.shape[1] < 2:
+        return jnp.zeros((), jnp.float32)
+    dp = jnp.diff(pred.astype(jnp.float32), axis=1)  # (B, F-1, H, W, C)
+    dt = jnp.diff(target.astype(jnp.float32), axis=1)
+    r = region.astype(jnp.float32)
+    w = jnp.maximum(r[:, 1:], r[:, :-1])[..., None]  # (B, F-1, H, W, 1)
+    return jnp.sum(w * jnp.abs(dp - dt).mean(axis=-1, keepdims=True)) / (jnp.sum(w) + eps)
 
 
 def _gaussian_window(size: int, sigma: float) -> jax.Array:
@@ -123,9 +141,10 @@ def vae_loss(
     motion_l1_weight: float = 0.0,
     region: jax.Array | None = None,
     region_l1_weight: float = 0.0,
+    temporal_l1_weight: float = 0.0,
 ) -> tuple[jax.Array, dict[str, jax.Array]]:
     """Weighted L1 (element mean) + (1 - SSIM) + KL (per-sample sum, batch mean) + motion-weighted L1
-    + region-weighted L1 over `region` (B, F, H, W).
+    + region-weighted L1 over `region` (B, F, H, W) + the temporal-difference L1 over `region`.
 
     Returns (loss, parts); the motion and region terms are computed and reported only when their
     weights are non-zero (the region term needs `region`).
@@ -144,4 +163,9 @@ def vae_loss(
             raise ValueError("region_l1_weight > 0 needs a region map (B, F, H, W)")
         parts["region_l1"] = region_weighted_l1(pred, target, region)
         loss = loss + region_l1_weight * parts["region_l1"]
+    if temporal_l1_weight:
+        if region is None:
+            raise ValueError("temporal_l1_weight > 0 needs a region map (B, F, H, W)")
+        parts["temporal_l1"] = temporal_region_l1(pred, target, region)
+        loss = loss + temporal_l1_weight * parts["temporal_l1"]
     return loss, parts

@@ -42,7 +42,7 @@ from omnihuman_jax.models.vae import (
     posterior_sample,
     vae_logical_axes,
 )
-from omnihuman_jax.train_state import make_optimizer
+from omnihuman_jax.train_state import lr_schedule, make_optimizer
 from omnihuman_jax.vae_losses import vae_loss
 
 Params = Any
@@ -64,6 +64,11 @@ class VAELossWeights:
     kl: float = 1e-6
     motion_l1: float = 0.0
     region_l1: float = 0.0  # weight of the L1 over landmark regions; the step then takes a region map
+    temporal_l1: float = 0.0  # weight of the frame-to-frame change L1 over the same regions (needs the map)
+
+    @property
+    def needs_region(self) -> bool:
+        return bool(self.region_l1 or self.temporal_l1)
 
 
 def vae_param_shardings(cfg: VAEConfig, mesh: Mesh, rules) -> Params:
@@ -129,9 +134,19 @@ def init_vae_train_state(
     return VAETrainState(step=step, params=params, opt_state=opt_state, nonfinite_total=nonfinite), shardings
 
 
-def make_vae_optimizer(opt_cfg: Any, total_steps: int) -> optax.GradientTransformation:
-    """The DiT's AdamW recipe (warmup, cosine decay, clipping, decay on kernels only)."""
-    return make_optimizer(opt_cfg, total_steps)
+def vae_lr_schedule(opt_cfg: Any, total_steps: int, restart_at: int = 0) -> optax.Schedule:
+    """The DiT's warmup + cosine schedule over `total_steps`, or, with 0 < restart_at < total_steps, one over
+    the first `restart_at` steps (the image phase) and a fresh one, warmup included, over the rest (the
+    video phase), which would otherwise train at the decayed tail of the rate."""
+    if not 0 < restart_at < total_steps:
+        return lr_schedule(opt_cfg, total_steps)
+    phases = [lr_schedule(opt_cfg, restart_at), lr_schedule(opt_cfg, total_steps - restart_at)]
+    return optax.join_schedules(phases, [restart_at])
+
+
+def make_vae_optimizer(opt_cfg: Any, total_steps: int, restart_at: int = 0) -> optax.GradientTransformation:
+    """The DiT's AdamW recipe (warmup, cosine decay, clipping, decay on kernels only) on `vae_lr_schedule`."""
+    return make_optimizer(opt_cfg, total_steps, vae_lr_schedule(opt_cfg, total_steps, restart_at))
 
 
 def inflate_causal(params: Params) -> Params:
@@ -167,8 +182,8 @@ def make_vae_train_step(
 ) -> StepFn:
     """(state, frames (B, F, H, W, 3) uint8[, region (B, F, H, W)]) -> (state, metrics).
 
-    `region` is the weight map of `weights.region_l1` (required when that weight is non-zero). Non-finite
-    steps leave params unchanged.
+    `region` is the weight map of `weights.region_l1` and `weights.temporal_l1` (required when either is
+    non-zero). Non-finite steps leave params unchanged.
     """
 
     def loss_fn(params: Params, x: jax.Array, rng: jax.Array, region: jax.Array | None):
@@ -186,6 +201,7 @@ def make_vae_train_step(
             motion_l1_weight=weights.motion_l1,
             region=region,
             region_l1_weight=weights.region_l1,
+            temporal_l1_weight=weights.temporal_l1,
         )
         return loss, parts
 

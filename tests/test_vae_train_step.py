@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import optax
+import pytest
 
 from omnihuman_jax import vae_train_step as vts
 from omnihuman_jax.models import vae as V
@@ -112,3 +113,19 @@ def test_train_step_adds_the_weighted_region_l1_over_the_given_map():
     _, weighted = step(state, clip, region)
     assert "region_l1" not in plain and float(weighted["region_l1"]) > 0
     np.testing.assert_allclose(weighted["loss"] - plain["loss"], 2.0 * weighted["region_l1"], rtol=1e-5)
+
+
+def test_vae_lr_schedule_restarts_its_warmup_and_cosine_when_the_video_phase_starts():
+    from ml_collections import ConfigDict
+
+    opt = ConfigDict(dict(lr=1e-3, warmup_steps=10, decay_steps=0, end_lr_factor=0.1))
+    plain = vts.vae_lr_schedule(opt, 200)
+    restarted = vts.vae_lr_schedule(opt, 200, restart_at=100)
+    for step in (0, 10, 50, 99):  # the image phase: its own cosine over 100 steps, decayed by step 99
+        assert float(restarted(step)) == pytest.approx(float(vts.lr_schedule(opt, 100)(step)), rel=1e-6)
+    assert float(restarted(99)) < float(plain(99))
+    assert float(restarted(100)) == 0.0  # warmup again
+    assert float(restarted(110)) == pytest.approx(1e-3, rel=1e-6)  # the peak again
+    assert float(restarted(199)) < 2e-4
+    for restart_at in (0, 200):  # no video phase inside the run: the one schedule
+        assert float(vts.vae_lr_schedule(opt, 200, restart_at)(150)) == float(plain(150))

@@ -152,6 +152,16 @@ def test_region_l1_trains_and_logs_its_term(data_dir, tmp_path):
     assert all("region_l1" in json.loads(line) for line in (tmp_path / "vae_metrics.jsonl").open())
 
 
+def test_temporal_l1_and_video_lr_restart_train_and_log(data_dir, tmp_path):
+    cfg = _config(total_steps=3, image_steps=1)
+    cfg.loss.temporal_l1 = 1.0
+    cfg.video_lr_restart = True
+    last = train_vae.train_vae(cfg, data_dir, str(tmp_path))
+    assert last["step"] == 3 and last["temporal_l1"] > 0
+    lrs = [json.loads(line)["lr"] for line in (tmp_path / "vae_metrics.jsonl").open()]
+    assert lrs[1] == 0.0 and lrs[2] == pytest.approx(cfg.optimizer.lr)  # the video phase warms up again
+
+
 def test_curriculum_trains_on_single_frames_before_image_steps_then_on_clips():
     clips = np.arange(2 * 5 * 4 * 4 * 3, dtype=np.uint8).reshape(2, 5, 4, 4, 3)
     early = train_vae.curriculum_frames(clips, step=2, image_steps=3)

@@ -172,6 +172,27 @@ def test_region_weighted_l1_is_the_mean_error_inside_the_region_and_zero_without
         vae_losses.vae_loss(pred, target, jnp.zeros(4), jnp.zeros(4), region_l1_weight=1.0)
 
 
+def test_temporal_region_l1_charges_a_group_mean_reconstruction_that_the_plain_l1_barely_sees():
+    """A mouth pixel that opens and closes within 4 frames, given back as its mean: the temporal term is the
+    mean error of the frame-to-frame changes in the region; a perfect or static-offset copy costs nothing."""
+    opening = jnp.array([0.0, 1.0, 0.0, 1.0])  # (F,) one pixel's value
+    target = jnp.zeros((1, 4, 2, 2, 3)).at[:, :, 0, 0, :].set(opening[None, :, None])
+    pred = jnp.zeros_like(target).at[:, :, 0, 0, :].set(0.5)  # the group mean
+    region = jnp.zeros((1, 4, 2, 2)).at[:, :, 0, 0].set(1.0)
+    # changes: target +1, -1, +1; pred 0, 0, 0 -> mean |error| 1 over the region's 3 changes
+    assert float(vae_losses.temporal_region_l1(pred, target, region)) == pytest.approx(1.0, rel=1e-4)
+    assert float(vae_losses.temporal_region_l1(target + 0.3, target, region)) == pytest.approx(0.0, abs=1e-6)
+    assert float(vae_losses.temporal_region_l1(pred, target, jnp.zeros_like(region))) == 0.0
+    assert float(vae_losses.temporal_region_l1(pred[:, :1], target[:, :1], region[:, :1])) == 0.0
+    loss, parts = vae_losses.vae_loss(
+        pred, target, jnp.zeros(4), jnp.zeros(4), region=region, temporal_l1_weight=2.0
+    )
+    plain, _ = vae_losses.vae_loss(pred, target, jnp.zeros(4), jnp.zeros(4))
+    assert float(loss - plain) == pytest.approx(2.0 * float(parts["temporal_l1"]), rel=1e-5)
+    with pytest.raises(ValueError, match="region map"):
+        vae_losses.vae_loss(pred, target, jnp.zeros(4), jnp.zeros(4), temporal_l1_weight=1.0)
+
+
 def test_vae_loss_adds_the_motion_term_only_when_weighted():
     target = jnp.zeros((1, 3, 16, 16, 3)).at[:, 1:, 4:8, 4:8, :].set(1.0)
     pred = jnp.broadcast_to(target[:, :1], target.shape)
