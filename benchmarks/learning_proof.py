@@ -156,6 +156,7 @@ def recipe_lines(cfg: Any, root: Path) -> list[str]:
         f"{cfg.vae_world.num_identities} identities x one {cfg.vae_world.seconds} s clip (seed "
         f"{cfg.vae_world.seed}; none of them held out or evaluated)"
         + "".join(f", loss.{k} {v}" for k, v in dict(cfg.vae.get("loss", {})).items())
+        + (", video_lr_restart" if cfg.vae.get("video_lr_restart") else "")
         + ".",
         f"- DiT: preset `{cfg.preset}`, batch {train['batch_size']}, lr ("
         + ", ".join(f"{k} {v}" for k, v in rates.items())
