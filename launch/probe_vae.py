@@ -25,6 +25,10 @@ each frame alone (the first-frame path: spatial coding only), and reports means 
   replaced by its mean, which is what a VAE that keeps one mouth per latent frame can give back at best;
 - `mouth_detail_kept`: the opening's spread within the 4-frame groups after the clip round trip over the
   clip's own (1.0: every frame's mouth survives; 0.0: one mouth per latent frame).
+
+`--mouth --world=W --samples=DIR` (no --vae) scores generated videos instead, `DIR/<clip_id>.mp4` driven by
+W's clips: `sync`, the sync of their own group means (`sync_group_means`: equal to `sync` when a model draws
+one mouth per latent frame), the truth's (`sync_truth_group_means`) and `mouth_detail_kept` against the truth.
 """
 
 from __future__ import annotations
@@ -150,11 +154,35 @@ def mouth_probe(roundtrip: RoundTrip, world: Path, limit: int) -> dict[str, floa
         clip_recon = roundtrip(frames[None])[0]
         frame_recon = roundtrip(frames[:, None])[:, 0]  # each frame as a 1-frame clip
         wav = speech.pcm16_to_float(load_truth(world, cid)["driving_audio"])
-        rows.append(mouth_detail(frames, clip_recon, frame_recon, wav, speech.SAMPLE_RATE, render_fps(world)))
+        rows.append(mouth_detail(frames, clip_recon, frame_recon, wav, speech.SAMPLE_RATE, world_fps(world)))
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"clips": float(len(rows))}
 
 
-def render_fps(world: Path) -> float:
+def sample_mouth_detail(world: Path, samples: Path) -> dict[str, float]:
+    """Means over the generated videos `samples/<clip_id>.mp4` of the mouth's figures against the clips."""
+    from data_pipeline.toyworld import measure, render, speech
+    from launch.evaluate import find_videos, load_truth
+
+    videos = find_videos(samples, world)  # raises, naming the folder, when none matches a clip
+    rows, lag, fps = [], measure.DEFAULT_MAX_LAG, world_fps(world)
+    for cid, path in sorted(videos.items()):
+        video, truth = render.read_mp4(path), render.read_mp4(world / "clips" / f"{cid}.mp4")
+        n = min(video.shape[0], truth.shape[0])
+        n = 1 + GROUP * ((n - 1) // GROUP)  # whole latent frames
+        wav = speech.pcm16_to_float(load_truth(world, cid)["driving_audio"])
+        envelope = measure.audio_envelope(wav, speech.SAMPLE_RATE, fps, n)
+        made, true = measure.mouth_opening(video[:n]), measure.mouth_opening(truth[:n])  # (n,) px each
+        spread = within_group_spread(true)
+        rows.append({
+            "sync": measure.lagged_correlation(made, envelope, lag)[0],
+            "sync_group_means": measure.lagged_correlation(group_means(made), envelope, lag)[0],
+            "sync_truth_group_means": measure.lagged_correlation(group_means(true), envelope, lag)[0],
+            "mouth_detail_kept": within_group_spread(made) / spread if spread else 0.0,
+        })  # fmt: skip
+    return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"clips": float(len(rows))}
+
+
+def world_fps(world: Path) -> float:
     """The world's frame rate from its `toyworld.json` (25 fps when the file has none)."""
     meta = world / "toyworld.json"
     return float(json.loads(meta.read_text()).get("fps", 25.0)) if meta.is_file() else 25.0
@@ -162,10 +190,11 @@ def render_fps(world: Path) -> float:
 
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--vae", type=Path, required=True, help="a VAE folder written by launch.train_vae")
+    p.add_argument("--vae", type=Path, help="a VAE folder written by launch.train_vae (not with --samples)")
     p.add_argument("--clips", type=Path, help="a folder of mp4 clips (e.g. a world's clips/): the swap probe")
     p.add_argument("--mouth", action="store_true", help="probe the mouth's temporal detail instead (--world)")
     p.add_argument("--world", type=Path, help="with --mouth: a toy world folder; its held-out clips are used")
+    p.add_argument("--samples", type=Path, help="with --mouth: score these generated <clip_id>.mp4 instead")
     p.add_argument("--frames", type=int, default=5, help="frames per probe clip, 1 + 4k (default 5)")
     p.add_argument("--limit", type=int, default=8, help="at most this many clips (default 8)")
     return p
@@ -176,11 +205,16 @@ def main(argv: list[str] | None = None) -> int:
     if args.mouth:
         if args.world is None:
             raise SystemExit("--mouth needs --world=DIR, a toy world folder (e.g. runs/p16/val_world)")
-        result = mouth_probe(vae_roundtrip(args.vae), args.world, args.limit)
+        if args.samples is not None:
+            result = sample_mouth_detail(args.world, args.samples)
+        elif args.vae is None:
+            raise SystemExit("--mouth needs --vae=DIR (or --samples=DIR of generated videos)")
+        else:
+            result = mouth_probe(vae_roundtrip(args.vae), args.world, args.limit)
         print(json.dumps({k: round(v, 4) for k, v in result.items()}))
         return 0
-    if args.clips is None:
-        raise SystemExit("--clips=DIR is required (or --mouth --world=DIR)")
+    if args.clips is None or args.vae is None:
+        raise SystemExit("--vae=DIR and --clips=DIR are required (or --mouth --world=DIR)")
     if args.frames < 5 or (args.frames - 1) % 4:
         raise SystemExit(f"--frames={args.frames} must be 1 + 4k with k >= 1 (5, 9, ...)")
     clips = load_clips(args.clips, args.frames, args.limit)

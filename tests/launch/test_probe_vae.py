@@ -127,3 +127,27 @@ def test_cli_mouth_probe_prints_its_figures_and_names_a_missing_world(mouth_worl
         probe_vae.main(argv)
     with pytest.raises(FileNotFoundError, match="no held-out clips"):
         probe_vae.main([*argv, "--world", str(tmp_path)])
+
+
+def test_generated_videos_with_per_frame_mouths_are_told_from_one_mouth_per_latent_frame(
+    mouth_world, tmp_path
+):
+    from launch.evaluate import eval_clip_ids
+
+    cid = eval_clip_ids(mouth_world)[0]
+    truth = render.read_mp4(mouth_world / "clips" / f"{cid}.mp4")
+    for name, video in [("same", truth), ("held", _one_frame_per_group(truth[None])[0])]:
+        (tmp_path / name).mkdir()
+        render.write_mp4(tmp_path / name / f"{cid}.mp4", video, fps=25.0)
+    same = probe_vae.sample_mouth_detail(mouth_world, tmp_path / "same")
+    held = probe_vae.sample_mouth_detail(mouth_world, tmp_path / "held")
+    assert same["clips"] == held["clips"] == 1.0
+    assert same["mouth_detail_kept"] == pytest.approx(1.0, abs=0.05)  # re-coded by the mp4 round trip
+    assert held["mouth_detail_kept"] < 0.1
+    assert held["sync_group_means"] == pytest.approx(held["sync"], abs=0.05)
+    assert same["sync_truth_group_means"] == held["sync_truth_group_means"] < same["sync"]
+    assert probe_vae.main(["--mouth", "--world", str(mouth_world), "--samples", str(tmp_path / "held")]) == 0
+    with pytest.raises(SystemExit, match="--mouth needs --vae"):
+        probe_vae.main(["--mouth", "--world", str(mouth_world)])
+    with pytest.raises(FileNotFoundError, match="no <clip_id>.mp4"):
+        probe_vae.sample_mouth_detail(mouth_world, tmp_path)
