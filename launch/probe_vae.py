@@ -117,6 +117,12 @@ def within_group_spread(series: np.ndarray, group: int = GROUP) -> float:
     return float(x[1 : 1 + whole * group].reshape(whole, group).std(axis=1).mean())
 
 
+def detail_kept(opening: np.ndarray, true_opening: np.ndarray) -> float:
+    """`within_group_spread` of an (F,) opening over the true opening's (0.0 when the truth does not move)."""
+    spread = within_group_spread(true_opening)
+    return within_group_spread(opening) / spread if spread else 0.0
+
+
 def mouth_detail(
     truth: np.ndarray, clip_recon: np.ndarray, frame_recon: np.ndarray, wav: np.ndarray, sr: int, fps: float
 ) -> dict[str, float]:
@@ -125,8 +131,7 @@ def mouth_detail(
 
     opening = measure.mouth_opening(truth)  # (F,) px
     envelope = measure.audio_envelope(wav, sr, fps, truth.shape[0])
-    spread = within_group_spread(opening)
-    kept = within_group_spread(measure.mouth_opening(clip_recon)) / spread if spread else 0.0
+    kept = detail_kept(measure.mouth_opening(clip_recon), opening)
     lag = measure.DEFAULT_MAX_LAG
     return {
         "sync_truth": measure.sync_score(truth, wav, sr, fps),
@@ -172,12 +177,11 @@ def sample_mouth_detail(world: Path, samples: Path) -> dict[str, float]:
         wav = speech.pcm16_to_float(load_truth(world, cid)["driving_audio"])
         envelope = measure.audio_envelope(wav, speech.SAMPLE_RATE, fps, n)
         made, true = measure.mouth_opening(video[:n]), measure.mouth_opening(truth[:n])  # (n,) px each
-        spread = within_group_spread(true)
         rows.append({
             "sync": measure.lagged_correlation(made, envelope, lag)[0],
             "sync_group_means": measure.lagged_correlation(group_means(made), envelope, lag)[0],
             "sync_truth_group_means": measure.lagged_correlation(group_means(true), envelope, lag)[0],
-            "mouth_detail_kept": within_group_spread(made) / spread if spread else 0.0,
+            "mouth_detail_kept": detail_kept(made, true),
         })  # fmt: skip
     return {k: float(np.mean([r[k] for r in rows])) for k in rows[0]} | {"clips": float(len(rows))}
 

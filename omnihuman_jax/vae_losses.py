@@ -146,8 +146,8 @@ def vae_loss(
     """Weighted L1 (element mean) + (1 - SSIM) + KL (per-sample sum, batch mean) + motion-weighted L1
     + region-weighted L1 over `region` (B, F, H, W) + the temporal-difference L1 over `region`.
 
-    Returns (loss, parts); the motion and region terms are computed and reported only when their
-    weights are non-zero (the region term needs `region`).
+    Returns (loss, parts); the motion, region and temporal terms are computed and reported only when their
+    weights are non-zero (the region and temporal terms need `region`).
     """
     parts = {
         "l1": l1_loss(pred, target),

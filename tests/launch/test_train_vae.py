@@ -184,7 +184,7 @@ def test_vae_is_causally_inflated_when_the_image_phase_ends(data_dir, tmp_path, 
     assert not np.any(got[:-1])
 
 
-@pytest.mark.parametrize("key", ["loss.region_l1", "loss.motion_l1", "region_margin"])
+@pytest.mark.parametrize("key", ["loss.region_l1", "loss.motion_l1", "loss.temporal_l1", "region_margin"])
 def test_negative_loss_weight_or_margin_fails_at_start_naming_the_key(tmp_path, key):
     cfg = _config()
     if key.startswith("loss."):
