@@ -8,12 +8,18 @@ The audio's length sets the video length (round(duration * fps) frames), generat
 ratio. Audio, text and pose go through the data pipeline's own featurization code, so they match what the
 checkpoint was trained on. Every input is checked before any compute: a bad one exits with status 2 and a
 message on stderr. Writes OUT (mp4 with the input audio as AAC) and OUT's stem + `_contact.png`.
+
+Many videos from one checkpoint: `--jobs FILE` (JSON lines of {"image", "audio", "out"} plus optional "pose"
+and "prompt"; the other flags apply to every line). The checkpoint and VAE are read and the programs
+compiled once, and every line is checked before the first video is sampled; each video is the one a
+single run with the same flags writes.
 """
 
 from __future__ import annotations
 
 import argparse
 import functools
+import json
 import sys
 from pathlib import Path
 
@@ -27,8 +33,11 @@ from omnihuman_jax import xla_env
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m launch.sample", description=__doc__.split("\n\n")[0])
     a = p.add_argument
-    a("--image", required=True, help="Reference image (PNG/JPEG, any aspect ratio).")
-    a("--audio", required=True, help="Driving audio: wav/flac/mp3, or a video whose audio track is used.")
+    a("--image", help="Reference image (PNG/JPEG, any aspect ratio). Required unless --jobs.")
+    a(
+        "--audio",
+        help="Driving audio: wav/flac/mp3, or a video whose audio track is used. Required unless --jobs.",
+    )
     a(
         "--pose",
         help="Optional keypoints (.npy (F, 133, 3) or .json), pixels of --image, one per output frame. "
@@ -78,7 +87,12 @@ def build_parser() -> argparse.ArgumentParser:
     a("--segment_frames", type=int, help="Frames per segment, 1 + 4k; default: the training clip length.")
     a("--pixel_budget", type=int, help="Bucket area in pixels; default: the training latent size, in pixels.")
     a("--contact_frames", type=int, default=8, help="Frames on the PNG contact sheet.")
-    a("--out", required=True, help="Output .mp4 path.")
+    a("--out", help="Output .mp4 path. Required unless --jobs.")
+    a(
+        "--jobs",
+        help='JSON-lines file, one video per line: {"image", "audio", "out"} and optional "pose", "prompt" '
+        "(instead of --image/--audio/--out/--pose/--prompt); the checkpoint is loaded and compiled once.",
+    )
     a("--overwrite", action="store_true", help="Replace existing outputs (refused otherwise).")
     return p
 
@@ -96,26 +110,86 @@ def text_inputs(job: Job) -> tuple[np.ndarray, np.ndarray]:
     return emb[None], mask[None]
 
 
-def run(job: Job) -> None:
-    """The compute: features, reference latent, segments, decode, write."""
+# The per-video fields a --jobs line sets (the rest of the flags are shared by every line).
+JOB_FIELDS = ("image", "audio", "out", "pose", "prompt")
+
+
+def read_jobs(args: argparse.Namespace) -> list[argparse.Namespace]:
+    """One Namespace per video: --image/--audio/--out, or each line of --jobs over the shared flags."""
+    if not args.jobs:
+        missing = [f"--{f}" for f in ("image", "audio", "out") if not getattr(args, f)]
+        if missing:
+            raise SampleError(f"{', '.join(missing)} required (or --jobs FILE for many videos)")
+        return [args]
+    given = [f"--{f}" for f in JOB_FIELDS if getattr(args, f)]
+    if given:
+        raise SampleError(f"--jobs sets {', '.join(given)} per line; do not pass them as flags too")
+    path = Path(args.jobs)
+    if not path.is_file():
+        raise SampleError(f"--jobs {path} does not exist")
+    jobs, outs = [], set()
+    for n, line in enumerate(path.read_text().splitlines(), 1):
+        if not line.strip():
+            continue
+        try:
+            entry = json.loads(line)
+        except json.JSONDecodeError as e:
+            raise SampleError(f"--jobs {path} line {n}: not JSON ({e})") from e
+        if not isinstance(entry, dict):
+            raise SampleError(f"--jobs {path} line {n}: give an object with image, audio and out")
+        unknown = sorted(set(entry) - set(JOB_FIELDS))
+        missing = [k for k in ("image", "audio", "out") if not entry.get(k)]
+        if unknown or missing:
+            raise SampleError(
+                f"--jobs {path} line {n}: unknown keys {unknown} / missing {missing}; each line takes "
+                f"{', '.join(JOB_FIELDS)} (image, audio and out required)"
+            )
+        out = str(Path(entry["out"]).resolve())
+        if out in outs:
+            raise SampleError(f"--jobs {path} line {n}: out {entry['out']} is already another line's")
+        outs.add(out)
+        jobs.append(argparse.Namespace(**{**vars(args), "pose": None, "prompt": "", **entry}))
+    if not jobs:
+        raise SampleError(f"--jobs {path} has no lines")
+    return jobs
+
+
+@functools.lru_cache(maxsize=4)
+def vae_programs(vae_cfg):
+    """Jitted (params, video) -> latents and (params, latents) -> video for one VAE config, compiled once a
+    process. The VAE params are arguments, not closed-over constants: the compiled programs stay small and
+    a persistent compilation cache (JAX_COMPILATION_CACHE_DIR) can reuse them across checkpoints."""
+    import jax
+
+    from omnihuman_jax.models.vae import decode_latents, encode_video
+
+    encode = jax.jit(functools.partial(encode_video, vae_cfg))  # (params, (1, F, H, W, 3)) -> (1, T, h, w, C)
+    decode = jax.jit(
+        functools.partial(decode_latents, vae_cfg)
+    )  # (params, (1, T, h, w, C)) -> (1, F, H, W, 3)
+    return encode, decode
+
+
+def run(job: Job, programs: dict | None = None) -> None:
+    """The compute: features, reference latent, segments, decode, write.
+
+    `programs`: a dict shared by the jobs of one `--jobs` run, holding the placed params and the jitted
+    guided velocity per (checkpoint, mode), so later videos reuse them.
+    """
     import jax
     import jax.numpy as jnp
     from tqdm import tqdm
 
     from data_pipeline.heatmaps import mouth_mask, render_heatmaps
-    from omnihuman_jax.guidance import guidance_mode
+    from omnihuman_jax.guidance import guidance_mode, make_guided_velocity
     from omnihuman_jax.long_video import SamplerSettings, SegmentSampler, covered_frames, generate_long_video
     from omnihuman_jax.models.dit import OmniHumanDiT
-    from omnihuman_jax.models.vae import decode_latents, encode_video
     from omnihuman_jax.sharding import make_mesh, replicated
     from omnihuman_jax.vae_train_step import frames_from_unit_range, frames_to_unit_range
 
     args, dit, plan = job.args, job.dit, job.plan
     vae_cfg, vae_params = job.vae_cfg, job.vae_params
-    # The VAE params are arguments, not closed-over constants: the compiled programs stay small and a
-    # persistent compilation cache (JAX_COMPILATION_CACHE_DIR) can reuse them across checkpoints.
-    encode_jit = jax.jit(functools.partial(encode_video, vae_cfg))
-    decode_jit = jax.jit(functools.partial(decode_latents, vae_cfg))
+    encode_jit, decode_jit = vae_programs(vae_cfg)
     encode = lambda x: encode_jit(vae_params, x)  # noqa: E731
     decode = lambda z: decode_jit(vae_params, z)  # noqa: E731
     to_unit = lambda frames: frames_to_unit_range(jnp.asarray(frames)[None])  # noqa: E731
@@ -145,10 +219,16 @@ def run(job: Job) -> None:
             cond["audio_region"] = mouth_mask(job.keypoints[sl], h, w)[None]  # (1, T, h, w)
         return cond
 
-    mesh, params = None, job.params
-    if jax.device_count() > 1:
-        mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1))
-        params = jax.device_put(params, replicated(mesh))
+    programs = {} if programs is None else programs
+    gmode = guidance_mode(job.mode, pose_guidance=args.cfg_pose != 1.0)
+    key = (id(job.params), repr(dit), gmode)  # validate() hands every job of a checkpoint the same params
+    if key not in programs:
+        mesh, params = None, job.params
+        if jax.device_count() > 1:
+            mesh = make_mesh(dict(data=-1, fsdp=1, tensor=1))
+            params = jax.device_put(params, replicated(mesh))
+        programs[key] = (params, make_guided_velocity(OmniHumanDiT(dit), gmode, mesh))
+    params, velocity = programs[key]
     settings = SamplerSettings(
         args.steps,
         job.shift,
@@ -164,11 +244,11 @@ def run(job: Job) -> None:
     sampler = SegmentSampler(
         OmniHumanDiT(dit),
         params,
-        guidance_mode(job.mode, pose_guidance=args.cfg_pose != 1.0),
+        gmode,
         settings,
         dit.latent_channels,
-        mesh=mesh,
         on_step=lambda i: bar.update(1),
+        velocity=velocity,
     )
 
     def decode_frames(latents) -> np.ndarray:
@@ -200,12 +280,19 @@ def run(job: Job) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
+    loaded, jobs = {}, []
     try:
-        job = validate(args)
+        for i, job_args in enumerate(read_jobs(args), 1):
+            try:
+                jobs.append(validate(job_args, loaded))
+            except SampleError as e:
+                raise SampleError(f"--jobs line {i} ({job_args.out}): {e}" if args.jobs else str(e)) from e
     except SampleError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
-    run(job)
+    programs: dict = {}
+    for job in jobs:
+        run(job, programs)
     return 0
 
 

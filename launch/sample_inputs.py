@@ -174,8 +174,11 @@ def segment_inputs_shapes(dit, t: int, f: int, hw: tuple[int, int], text_len: in
     return out
 
 
-def validate(args: argparse.Namespace) -> Job:
-    """Every check that needs no compute: files, media, checkpoint vs config, VAE, frontends."""
+def validate(args: argparse.Namespace, loaded: dict | None = None) -> Job:
+    """Every check that needs no compute: files, media, checkpoint vs config, VAE, frontends.
+
+    `loaded`: a dict shared by the jobs of one `--jobs` run, so each checkpoint and VAE is read once.
+    """
     import ml_collections
 
     from data_pipeline.media import MediaError, decode_audio, load_keypoints
@@ -197,11 +200,16 @@ def validate(args: argparse.Namespace) -> Job:
         raise SampleError(f"--fps ({args.fps}) and --shift must be positive and --steps ({args.steps}) >= 1")
     if not Path(args.checkpoint).exists():
         raise SampleError(f"--checkpoint {args.checkpoint!r} does not exist")
+    loaded = {} if loaded is None else loaded
     try:
         config = ml_collections.ConfigDict(load_run_config(args.checkpoint))
         dit = DiTConfig.from_config(config.model)
         dit.validate()
-        params, step = load_params(args.checkpoint, "ema" if args.use_ema else "params")
+        which = "ema" if args.use_ema else "params"
+        key = ("checkpoint", str(Path(args.checkpoint).resolve()), which)
+        if key not in loaded:
+            loaded[key] = load_params(args.checkpoint, which)
+        params, step = loaded[key]
     except (CheckpointError, FileNotFoundError, ValueError, KeyError) as e:
         raise SampleError(f"--checkpoint {args.checkpoint}: {e}") from e
     if dit.pooled_text_dim:
@@ -232,7 +240,10 @@ def validate(args: argparse.Namespace) -> Job:
     if not vae_dir:
         raise SampleError("no VAE: pass --vae DIR (the run config has no vae.path)")
     try:
-        vae_cfg, vae_params = load_vae(_need_model_dir(vae_dir, "--vae"))
+        key = ("vae", str(_need_model_dir(vae_dir, "--vae").resolve()))
+        if key not in loaded:
+            loaded[key] = load_vae(_need_model_dir(vae_dir, "--vae"))
+        vae_cfg, vae_params = loaded[key]
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise SampleError(f"--vae {vae_dir}: {e}") from e
     want_ratio = int(config.get("vae", {}).get("spatial_compression_ratio", 8))

@@ -133,10 +133,13 @@ class SegmentSampler:
         *,
         mesh: Any = None,
         on_step: Callable[[int], None] | None = None,
+        velocity: Callable[..., jax.Array] | None = None,
     ):
+        """`velocity`: a `make_guided_velocity(model, mode, mesh)` already built (and compiled) for another
+        video; by default one is built here."""
         self.params, self.mode, self.settings = params, mode, settings
         self.channels, self.on_step = latent_channels, on_step
-        self.velocity = make_guided_velocity(model, mode, mesh)
+        self.velocity = velocity or make_guided_velocity(model, mode, mesh)
         self.timesteps = timestep_grid(settings.num_steps, settings.shift)
         n = settings.num_steps
         self.s_text = cfg_schedule(settings.cfg_schedule, settings.cfg_text, settings.cfg_floor, n)

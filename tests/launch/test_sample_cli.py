@@ -159,7 +159,7 @@ def test_audio_gated_checkpoint_samples_audio_driven_with_the_mouth_region_of_po
 def test_bad_inputs_fail_before_compute_with_a_clear_error(
     assets, tmp_path, capsys, monkeypatch, over, message
 ):
-    def no_compute(job):
+    def no_compute(job, programs=None):
         raise AssertionError("compute started on bad input")
 
     monkeypatch.setattr(cli, "run", no_compute)
@@ -171,10 +171,91 @@ def test_bad_inputs_fail_before_compute_with_a_clear_error(
     assert "error:" in err and __import__("re").search(message, err), err
 
 
+def _frames(path: Path) -> np.ndarray:
+    with av.open(str(path)) as c:
+        return np.stack([f.to_ndarray(format="rgb24") for f in c.decode(c.streams.video[0])])
+
+
+def test_jobs_file_samples_each_line_as_a_single_run_with_the_same_flags_does(assets, tmp_path):
+    flags = " ".join(f for f in os.environ.get("XLA_FLAGS", "").split() if "device_count" not in f)
+    env = dict(os.environ, PYTHONPATH=str(REPO), XLA_FLAGS=flags)
+    jobs = tmp_path / "jobs.jsonl"
+    lines = [
+        {"image": str(assets["square.png"]), "audio": str(assets["a.wav"]), "out": str(tmp_path / "a.mp4")},
+        {"image": str(assets["tall.jpg"]), "audio": str(assets["a.wav"]), "out": str(tmp_path / "b.mp4")},
+    ]
+    jobs.write_text("\n".join(json.dumps(x) for x in lines) + "\n")
+    shared = [a for a in _args(assets, tmp_path / "unused.mp4")]
+    for flag in ("--image", "--audio", "--out"):  # set per line instead
+        i = shared.index(flag)
+        del shared[i : i + 2]
+    for cmd in (
+        [*shared, "--jobs", str(jobs)],
+        _args(assets, tmp_path / "single.mp4", **{"--image": assets["tall.jpg"]}),
+    ):
+        proc = subprocess.run(
+            [sys.executable, "-m", "launch.sample", *cmd], cwd=REPO, env=env, capture_output=True, text=True,
+            timeout=900,
+        )  # fmt: skip
+        assert proc.returncode == 0, proc.stderr[-3000:]
+    assert _probe(tmp_path / "a.mp4")[1:3] == (64, 64)  # the square bucket, then the portrait one
+    batch, single = _frames(tmp_path / "b.mp4"), _frames(tmp_path / "single.mp4")
+    assert batch.shape == single.shape and batch.shape[1] > batch.shape[2]
+    # the second line, sampled after the first in the same process, is the video its single run draws
+    np.testing.assert_array_equal(batch, single)
+
+
+def _line(out: str, audio: str = "a.wav", **extra) -> dict:
+    return {"image": "square.png", "audio": audio, "out": out, **extra}
+
+
+@pytest.mark.parametrize(
+    "lines,flags,message",
+    [
+        ([], ["--image", "square.png"], "--jobs sets --image per line"),
+        (["{not json"], [], "line 1: not JSON"),
+        ([{"image": "square.png", "audio": "a.wav"}], [], "line 1: .*missing \\['out'\\]"),
+        ([_line("x.mp4", fps=3)], [], "unknown keys \\['fps'\\]"),
+        ([_line("x.mp4"), _line("x.mp4")], [], "line 2: out .*x.mp4 is already another line's"),
+        ([_line("x.mp4"), _line("y.mp4", "empty.wav")], [], "--jobs line 2 .*y.mp4.*audio has no samples"),
+        ([], [], "has no lines"),
+    ],
+)
+def test_a_bad_jobs_file_fails_before_any_video_naming_its_line(
+    assets, tmp_path, capsys, monkeypatch, lines, flags, message
+):
+    def no_compute(job, programs=None):
+        raise AssertionError("compute started on bad input")
+
+    monkeypatch.setattr(cli, "run", no_compute)
+
+    def place(v):
+        return str(assets[v]) if v in assets else str(tmp_path / v)
+
+    def encode(line):
+        if isinstance(line, str):
+            return line
+        return json.dumps({k: place(v) if isinstance(v, str) else v for k, v in line.items()})
+
+    jobs = tmp_path / "jobs.jsonl"
+    jobs.write_text("\n".join(encode(line) for line in lines))
+    argv = ["--checkpoint", str(assets["run"]), "--vae", str(assets["vae"]), "--jobs", str(jobs)]
+    argv += ["--audio_frontend", "logmel", "--segment_frames", "17", "--fps", str(FPS)]
+    argv += [flags[0], place(flags[1])] if flags else []
+    assert cli.main(argv) == 2
+    err = capsys.readouterr().err
+    assert "error:" in err and __import__("re").search(message, err), err
+
+
+def test_without_jobs_the_image_audio_and_out_flags_are_required(assets, capsys):
+    assert cli.main(["--checkpoint", str(assets["run"]), "--image", str(assets["square.png"])]) == 2
+    assert "--audio, --out required (or --jobs FILE" in capsys.readouterr().err
+
+
 def test_existing_output_is_never_overwritten_without_the_flag(assets, tmp_path, capsys, monkeypatch):
     out = tmp_path / "keep.mp4"
     out.write_bytes(b"precious")
-    monkeypatch.setattr(cli, "run", lambda job: None)
+    monkeypatch.setattr(cli, "run", lambda job, programs=None: None)
     assert cli.main(_args(assets, out)) == 2
     assert "--overwrite" in capsys.readouterr().err and out.read_bytes() == b"precious"
 
@@ -205,6 +286,7 @@ def test_help_explains_every_flag():
         "--segment_frames",
         "--use_ema",
         "--pixel_budget",
+        "--jobs",
     ):
         assert flag in text
 
