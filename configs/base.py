@@ -51,6 +51,9 @@ def model_config() -> ml_collections.ConfigDict:
             # the mouth landmarks; launch.sample takes it from --pose), as HunyuanVideo-Avatar's face-aware
             # audio adapter masks its audio attention; see docs/learning_proof.md, session 16
             audio_gate=False,
+            # True: a learned embedding per audio-token slot of a latent frame (which video frame, which
+            # token), so the audio cross-attention can tell a latent frame's 4 video frames apart
+            audio_frame_pos=False,
             dtype="float32",  # compute dtype; bf16 on accelerators
             param_dtype="float32",
             attention="auto",  # auto | xla | blocked | cudnn | splash

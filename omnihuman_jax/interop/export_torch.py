@@ -66,12 +66,16 @@ _MODULE_RULES: list[tuple[str, str]] = [
     (r"^proj_out$", "proj_out"),
 ]
 _LEAVES = {"kernel": "weight", "scale": "weight", "bias": "bias"}
+# Parameters that are not a layer's kernel, scale or bias: (flax path, torch key), same layout on both sides.
+_RAW = {("audio_projector", "frame_pos"): "audio_projector.frame_pos"}
 # torch-side prefixes / infixes of the OmniHuman additions (absent from a HunyuanVideo checkpoint)
 ADDITIONS = ("cond_embedder.", "audio_projector.", "pose_guider.", ".audio_attn.")
 
 
 def torch_key(path: tuple[str, ...]) -> str:
     """Flax param path (blocks unstacked, `transformer_blocks_3/...`) -> torch state-dict key."""
+    if tuple(path) in _RAW:
+        return _RAW[tuple(path)]
     module = "/".join(path[:-1])
     for pattern, repl in _MODULE_RULES:
         if re.match(pattern, module):
@@ -95,6 +99,8 @@ def unstacked_paths(path: tuple[str, ...], shape: tuple[int, ...]) -> list[tuple
 
 def torch_shape(key: str, shape: tuple[int, ...], cfg: Any) -> tuple[int, ...]:
     """The torch tensor shape of a flax leaf of `shape` (one layer)."""
+    if key in _RAW.values():
+        return tuple(shape)
     if key in ("x_embedder.proj.weight", "cond_embedder.proj.weight"):
         p = cfg.patch_size
         return (shape[1], shape[0] // (p * p), 1, p, p)
@@ -108,6 +114,8 @@ def torch_shape(key: str, shape: tuple[int, ...], cfg: Any) -> tuple[int, ...]:
 def to_torch(key: str, value: np.ndarray, cfg: Any) -> np.ndarray:
     """One flax leaf (one layer) -> the torch tensor's values and layout."""
     p = cfg.patch_size
+    if key in _RAW.values():
+        return value
     if key in ("x_embedder.proj.weight", "cond_embedder.proj.weight"):  # (p*p*C, D) -> (D, C, 1, p, p)
         c = value.shape[0] // (p * p)
         return value.reshape(p, p, c, -1).transpose(3, 2, 0, 1)[:, :, None]
@@ -126,6 +134,8 @@ def to_torch(key: str, value: np.ndarray, cfg: Any) -> np.ndarray:
 def to_flax(key: str, value: np.ndarray, cfg: Any) -> np.ndarray:
     """Inverse of `to_torch`."""
     p = cfg.patch_size
+    if key in _RAW.values():
+        return value
     if key in ("x_embedder.proj.weight", "cond_embedder.proj.weight"):  # (D, C, 1, p, p) -> (p*p*C, D)
         if value.ndim != 5 or value.shape[2] != 1:
             raise ValueError(f"{key}: expected a (D, C, 1, p, p) Conv3d weight, got shape {value.shape}")

@@ -351,13 +351,17 @@ def frame_windows(x: Tensor, k: int) -> Tensor:
 class AudioProjector(nn.Module):
     """(B, F, L_audio, D_audio) per-video-frame features -> (B, T, 4 * tokens_per_frame, D) tokens."""
 
-    def __init__(self, in_dim: int, hidden: int, dim: int, window: int, tokens_per_frame: int):
+    def __init__(
+        self, in_dim: int, hidden: int, dim: int, window: int, tokens_per_frame: int, frame_pos: bool = False
+    ):
         super().__init__()
         self.window, self.tokens, self.dim = window, tokens_per_frame, dim
         self.proj_in = nn.Linear(in_dim, hidden)
         self.proj_mid = nn.Linear(hidden, hidden)
         self.proj_out = nn.Linear(hidden, tokens_per_frame * dim)
         self.norm = nn.LayerNorm(dim, eps=EPS)
+        # (4 n, D): one embedding per token slot of a latent frame (video frame within it, token within that)
+        self.frame_pos = nn.Parameter(torch.zeros(4 * tokens_per_frame, dim)) if frame_pos else None
 
     def forward(self, feats: Tensor) -> Tensor:
         b, f = feats.shape[:2]
@@ -365,7 +369,8 @@ class AudioProjector(nn.Module):
         x = F.silu(self.proj_mid(F.silu(self.proj_in(x))))
         x = self.norm(self.proj_out(x).reshape(b, f, self.tokens, self.dim))
         x = group_video_frames(x)  # (B, T, 4, n, D)
-        return x.reshape(b, x.shape[1], -1, self.dim)
+        x = x.reshape(b, x.shape[1], -1, self.dim)  # (B, T, 4n, D)
+        return x if self.frame_pos is None else x + self.frame_pos
 
 
 def conv2d_same(conv: nn.Conv2d, x: Tensor) -> Tensor:

@@ -79,6 +79,7 @@ class TorchDiTConfig:
     use_pose: bool = True
     motion_hold: bool = False
     audio_gate: bool = False  # the audio update only in `inputs["audio_region"]`, as the JAX model
+    audio_frame_pos: bool = False  # a learned embedding per audio-token slot of a latent frame
 
     @classmethod
     def from_dict(cls, values: dict) -> TorchDiTConfig:
@@ -150,6 +151,7 @@ class OmniHumanDiTTorch(nn.Module):
                 d,
                 c.audio_window,
                 c.audio_tokens_per_frame,
+                c.audio_frame_pos,
             )
         if c.use_pose:
             self.pose_guider = PoseGuider(

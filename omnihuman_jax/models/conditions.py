@@ -3,7 +3,11 @@
 - Audio: per-video-frame wav2vec2 features are concatenated with those of adjacent frames (a window of
   +/- `audio_window`), mapped by an MLP to the model width, and grouped into tokens per latent frame.
   The first latent frame covers one video frame and each later one covers 4, as the causal VAE does; the
-  first frame's tokens are repeated 4 times, which leaves attention over them unchanged.
+  first frame's tokens are repeated 4 times, which (without `frame_pos`) leaves attention over them
+  unchanged. Attention over a latent frame's tokens is blind to their order, so a video token cannot tell
+  which of its 4 video frames a token came from; `frame_pos` adds a learned embedding per slot (video
+  frame within the latent frame, token within the frame), as a projection of the whole 4-frame group
+  (OmniAvatar's and MultiTalk's) sees the order.
 - Pose: keypoint heatmaps go through a small conv net (the pose guider) to latent resolution and latent
   frames, and features of adjacent latent frames are concatenated. The result is stacked with the noisy
   latent along channels.
@@ -50,6 +54,7 @@ class AudioProjector(nn.Module):
     audio_hidden: int
     window: int
     tokens_per_frame: int
+    frame_pos: bool = False
     dtype: jnp.dtype = jnp.float32
     param_dtype: jnp.dtype = jnp.float32
 
@@ -64,7 +69,12 @@ class AudioProjector(nn.Module):
         x = x.reshape(b, f, self.tokens_per_frame, self.hidden_size)  # (B, F, n, D)
         x = layer_norm(affine=True, name="norm", dtype=self.dtype)(x)
         x = group_video_frames(x)  # (B, T, 4, n, D)
-        return x.reshape(b, x.shape[1], -1, self.hidden_size)  # (B, T, 4n, D)
+        x = x.reshape(b, x.shape[1], -1, self.hidden_size)  # (B, T, 4n, D)
+        if self.frame_pos:
+            slots = VAE_TEMPORAL * self.tokens_per_frame
+            init = nn.with_logical_partitioning(nn.initializers.normal(0.02), ("null", "embed"))
+            x = x + self.param("frame_pos", init, (slots, self.hidden_size), self.param_dtype).astype(x.dtype)
+        return x
 
 
 def conv(features: int, kernel: int, stride: int, name: str, dtype, param_dtype) -> nn.Conv:

@@ -97,6 +97,9 @@ class DiTConfig:
     # face-aware audio adapter). Without it every token of a latent frame gets the same update, and at toy
     # scale the DiT learned no use of audio, not even of the true lip opening (docs/learning_proof.md).
     audio_gate: bool = False
+    # A learned embedding of each audio token's slot in its latent frame (which of the 4 video frames, which
+    # token), so the frame-local cross-attention can tell the frames apart (conditions.AudioProjector).
+    audio_frame_pos: bool = False
 
     @classmethod
     def from_config(cls, model_cfg: Any, **overrides) -> DiTConfig:
@@ -236,6 +239,7 @@ class OmniHumanDiT(nn.Module):
                 cfg.audio_hidden,
                 cfg.audio_window,
                 cfg.audio_tokens_per_frame,
+                cfg.audio_frame_pos,
                 name="audio_projector",
                 **kw,
             )(inputs["audio_feats"].astype(dtype))  # (B, T, Na, D)

@@ -146,6 +146,14 @@ def test_tiny_audio_gated_torch_export_vs_reference(tmp_path):
     assert_rows_match(torch_forward(gated["torch_model"], gated["batch"]), gated["ref"], "tiny, audio gate")
 
 
+def test_tiny_audio_frame_pos_torch_export_vs_reference(tmp_path):
+    run = export_roundtrip(tiny_config(**{"model.audio_frame_pos": True}), tmp_path)
+    assert run["torch_model"].config.audio_frame_pos
+    exported = run["torch_model"].audio_projector.frame_pos.detach().numpy()
+    np.testing.assert_array_equal(exported, np.asarray(run["params"]["audio_projector"]["frame_pos"]))
+    assert_rows_match(torch_forward(run["torch_model"], run["batch"]), run["ref"], "tiny, audio frame_pos")
+
+
 def test_small_scanned_torch_export_all_conditions_then_each_dropped_vs_reference(small):
     assert_rows_match(torch_forward(small["torch_model"], small["batch"]), small["ref"], "small (2+2 blocks)")
 

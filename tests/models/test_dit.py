@@ -71,6 +71,31 @@ def test_audio_window_reaches_only_adjacent_frames():
     assert diff[1] > 1e-3 and diff[0] == 0.0 and diff[2] == 0.0, diff  # frame 2's window is 1..3
 
 
+@pytest.mark.parametrize("frame_pos", [False, True])
+def test_audio_frame_pos_lets_the_update_tell_the_video_frames_of_a_latent_frame_apart(frame_pos):
+    """Reordering the 4 video frames of latent frame 1 (window 0): without slot embeddings the frame-local
+    cross-attention sees the same set of tokens and gives the same update; with them it does not."""
+    b, t, hw, d, f = 1, 3, 4, 16, 9
+    proj = AudioProjector(d, 8, window=0, tokens_per_frame=2, frame_pos=frame_pos)
+    xattn = AudioCrossAttention(d, 2)
+    feats = jax.random.normal(jax.random.key(0), (b, f, 2, 5))
+    video = jax.random.normal(jax.random.key(1), (b, t * hw, d))
+    pp = proj.init(jax.random.key(2), feats)
+    assert ("frame_pos" in pp["params"]) == frame_pos
+    xp = randomize(nn.unbox(xattn.init(jax.random.key(3), video, proj.apply(pp, feats))))
+
+    def run(fe):
+        return xattn.apply(xp, video, proj.apply(pp, fe)).reshape(b, t, hw, d)
+
+    reordered = feats.at[:, 1:5].set(feats[:, jnp.array([4, 3, 2, 1])])  # video frames 1..4, reversed
+    diff = np.abs(np.asarray(run(reordered) - run(feats))).max(axis=(0, 2, 3))  # per latent frame
+    assert diff[0] == 0.0 and diff[2] == 0.0, diff
+    if frame_pos:
+        assert diff[1] > 1e-3, diff
+    else:
+        assert diff[1] < 1e-5, diff  # the same tokens in another order: equal up to float summation order
+
+
 @pytest.mark.parametrize("condition", ["text", "audio", "pose", "motion"])
 def test_dropped_condition_equals_its_null_input(tiny, condition):
     cfg, _, batch, params, apply = tiny
