@@ -163,10 +163,9 @@ def vae_programs(vae_cfg):
 
     from omnihuman_jax.models.vae import decode_latents, encode_video
 
-    encode = jax.jit(functools.partial(encode_video, vae_cfg))  # (params, (1, F, H, W, 3)) -> (1, T, h, w, C)
-    decode = jax.jit(
-        functools.partial(decode_latents, vae_cfg)
-    )  # (params, (1, T, h, w, C)) -> (1, F, H, W, 3)
+    # encode: (params, (1, F, H, W, 3)) -> (1, T, h, w, C); decode: the inverse shapes
+    encode = jax.jit(functools.partial(encode_video, vae_cfg))
+    decode = jax.jit(functools.partial(decode_latents, vae_cfg))
     return encode, decode
 
 
@@ -221,7 +220,7 @@ def run(job: Job, programs: dict | None = None) -> None:
 
     programs = {} if programs is None else programs
     gmode = guidance_mode(job.mode, pose_guidance=args.cfg_pose != 1.0)
-    key = (id(job.params), repr(dit), gmode)  # validate() hands every job of a checkpoint the same params
+    key = (str(Path(args.checkpoint).resolve()), args.use_ema, gmode)  # the params validate() loaded once
     if key not in programs:
         mesh, params = None, job.params
         if jax.device_count() > 1:

@@ -240,9 +240,10 @@ def validate(args: argparse.Namespace, loaded: dict | None = None) -> Job:
     if not vae_dir:
         raise SampleError("no VAE: pass --vae DIR (the run config has no vae.path)")
     try:
-        key = ("vae", str(_need_model_dir(vae_dir, "--vae").resolve()))
+        vae_path = _need_model_dir(vae_dir, "--vae")
+        key = ("vae", str(vae_path.resolve()))
         if key not in loaded:
-            loaded[key] = load_vae(_need_model_dir(vae_dir, "--vae"))
+            loaded[key] = load_vae(vae_path)
         vae_cfg, vae_params = loaded[key]
     except (ValueError, FileNotFoundError, KeyError) as e:
         raise SampleError(f"--vae {vae_dir}: {e}") from e
