@@ -109,8 +109,10 @@ def check_targets(rows: dict[str, dict[str, float]]) -> list[str]:
         if metric == "pose_err_px" and met and found < HANDS_FOUND_MIN:
             met, gap = False, f": hands seen in only {found:.0%} of the frames, where alone it is measured"
         audio_sync = rows.get("1 audio-driven", {}).get("sync", float("nan"))
-        if met and row.startswith("4 ") and not audio_sync >= 0.6:
+        if met and row.startswith("4 ") and not audio_sync > threshold:
             gap = " (vacuous: the audio-driven model shows no sync either)"
+        elif met and row.startswith("4 ") and not audio_sync >= TARGETS[0][2]:
+            gap = f" (half of a pair: the audio-driven row, {audio_sync:.3f}, misses its own target)"
         lines.append(
             f"- {row}: {metric} = {value:.3f}, target {op} {threshold}: **{'met' if met else 'missed'}**{gap}"
         )
