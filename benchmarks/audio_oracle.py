@@ -1,15 +1,15 @@
 """Would the DiT use audio if the audio said exactly how open the mouth is? An oracle-condition test.
 
-OmniHuman-1 (section 3.2) drives the lips from audio through per-frame audio tokens and cross-attention.
-In the toy world the DiT has not used its audio (docs/learning_proof.md), and `benchmarks/audio_probe.py`
-shows the log-mel features hold the information. This asks which side of the audio path is short: the
-features, or the DiT's use of them. It copies a run's dataset (to RUN/oracle_data) with every clip's
-audio features replaced by an oracle: a place code of the clip's true inner-lip opening, measured from
-its COCO-WholeBody mouth landmarks (Gaussian bumps over the feature bins, repeated over the feature
-layers). It trains stage 2 on that copy from the run's stage 1 with the recipe's flags, and scores both
-that model and the run's own stage 2 on the mouth block of the last latent frame
-(`audio_probe.mouth_patches`), with motion frames on and each sample's own audio against another
-sample's (swapped):
+OmniHuman-1 (section 3.2) drives the lips from audio through per-frame audio tokens and cross-attention. In
+the toy world the DiT had not used its audio (docs/learning_proof_history.md, session 16), and
+`benchmarks/audio_probe.py` shows the log-mel features hold the information. This asks which side of the
+audio path is short: the features, or the DiT's use of them. It copies a run's dataset (to RUN/oracle_data)
+with every clip's audio features replaced by an oracle: a place code of the clip's true inner-lip opening,
+measured from its COCO-WholeBody mouth landmarks (Gaussian bumps over the feature bins, repeated over the
+feature layers). It trains stage 2 on that copy from the run's stage 1 with the recipe's flags, and scores
+both that model and the run's own stage 2 on the mouth block of the last latent frame
+(`audio_probe.mouth_patches`), with motion frames on and each sample's own audio against another sample's
+(swapped):
 
 - per flow time in `--times`, `mouth_x0_mse_own` / `_swapped`: the x0 error on the block;
 - `audio_gain`: (swapped - own) / swapped, the share of the mouth error the audio removes (0 = unused);

@@ -49,7 +49,7 @@ def model_config() -> ml_collections.ConfigDict:
             motion_hold=True,  # the last motion frame's latent is also stacked on the frames to predict
             # True: each block's audio update applies only in the mouth region (batch key `audio_region`, from
             # the mouth landmarks; launch.sample takes it from --pose), as HunyuanVideo-Avatar's face-aware
-            # audio adapter masks its audio attention; see docs/learning_proof.md, session 16
+            # audio adapter masks its audio attention; see docs/learning_proof_history.md, session 16
             audio_gate=False,
             # True: a learned embedding per audio-token slot of a latent frame (which video frame, which
             # token), so the audio cross-attention can tell a latent frame's 4 video frames apart

@@ -44,9 +44,10 @@ STAGE_RATIOS = {
 # Peak learning rate per stage. Stage 3 runs 4x the others': at 5e-4 it was under-trained. On the validation
 # world (`launch.toyworld --validate`, never the evaluation identities) stage-3 rates 5e-4 / 1e-3 / 2e-3 /
 # 4e-3 / 8e-3 placed the hands at 3.85 / 3.81 / 3.40 / 2.91 / 3.11 px; 4e-3 in all three stages scored 3.66
-# px (session 14, docs/learning_proof.md). Session 20 halved it to 2e-3: 4e-3 retrained the audio-driven
-# mouth. From runs/p17's 2400-step stage 2, stage 3 at 4e-3 / 2e-3 / 1e-3 scored validation sync 0.502 /
-# 0.572 / 0.579 with the hands at 1.83 / 1.98 / 2.60 px; 2e-3 keeps the hands well inside 3 px.
+# px (session 14, docs/learning_proof_history.md). Session 20 halved it to 2e-3, since 4e-3 retrained the
+# audio-driven mouth: from runs/p17's 2400-step stage 2, stage 3 at 4e-3 / 2e-3 / 1e-3 scored validation
+# sync 0.502 / 0.572 / 0.579 with the hands at 1.83 / 1.98 / 2.60 px; 2e-3 keeps the hands well inside 3 px
+# (docs/learning_proof.md, session 20).
 STAGE_LR = {1: 5e-4, 2: 5e-4, 3: 2e-3}
 
 VAE_WORLD_SEED_OFFSET = 1000  # the VAE world's seed is the main world's plus this
@@ -144,7 +145,7 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     # of its 4 video frames; `launch.probe_vae --mouth`), and its clip phase trained at the decayed tail of
     # the schedule. On the validation world's 12 clips the proof's VAE with both scored round-trip sync 0.672
     # (0.631 without), kept 28% of the mouth's movement within a latent frame (20%), at 29.23 dB (29.46)
-    # with 95% of the hands found (93%) (session 17, docs/learning_proof.md).
+    # with 95% of the hands found (93%) (session 17, docs/learning_proof_history.md).
     cfg.vae = dict(
         latent_channels=16, spatial_compression_ratio=4, video_lr_restart=True,
         loss=dict(motion_l1=1.0, region_l1=1.0, temporal_l1=5.0), **r["vae"],
@@ -167,9 +168,9 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
             "flow.motion_noise": 0.5,
             "vae.spatial_compression_ratio": cfg.vae.spatial_compression_ratio,
             # The audio update only at the mouth's tokens (the mouth landmarks' region). Without it the DiT
-            # learned no use of audio (docs/learning_proof.md, session 16). On the validation world, stages 2
-            # and 3 with it from runs/p15's stage 1 scored audio-driven sync 0.399 (0.141 without), 27.54 dB
-            # (27.66), and pose-driven 2.08 px with 95% of the hands found (2.00 px, 96%).
+            # learned no use of audio (docs/learning_proof_history.md, session 16). On the validation world,
+            # stages 2 and 3 with it from runs/p15's stage 1 scored audio-driven sync 0.399 (0.141 without),
+            # 27.54 dB (27.66), and pose-driven 2.08 px with 95% of the hands found (2.00 px, 96%).
             "model.audio_gate": True,
         }
     )

@@ -10,7 +10,7 @@ L1 does the same for a given weight map: boxes around the mouth and hand landmar
 otherwise blurs away (docs/learning_proof_history.md, session 12). The optional temporal-difference L1
 compares the frame-to-frame changes of reconstruction and target over that region: a 4x causal VAE that
 gives back one mouth per latent frame (the mean of its 4 video frames) pays little plain L1 for it, but
-its changes inside the group are zero (docs/learning_proof.md, session 17).
+its changes inside the group are zero (docs/learning_proof_history.md, session 17).
 """
 
 from __future__ import annotations

@@ -95,7 +95,8 @@ class DiTConfig:
     motion_hold: bool = False
     # Confine each block's audio update to the `audio_region` input (the mouth or face; HunyuanVideo-Avatar's
     # face-aware audio adapter). Without it every token of a latent frame gets the same update, and at toy
-    # scale the DiT learned no use of audio, not even of the true lip opening (docs/learning_proof.md).
+    # scale the DiT learned no use of audio, not even of the true lip opening (docs/learning_proof_history.md,
+    # session 16).
     audio_gate: bool = False
     # A learned embedding of each audio token's slot in its latent frame (which of the 4 video frames, which
     # token), so the frame-local cross-attention can tell the frames apart (conditions.AudioProjector).
