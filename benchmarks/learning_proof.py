@@ -147,6 +147,20 @@ def _ablation_steps(ablation: Any) -> str:
     return "" if steps is None else f", {steps} steps"
 
 
+def chance_lines(rows: dict[str, dict[str, float]]) -> list[str]:
+    """The sync chance level of the audio-driven rows: their samples against another held-out clip's audio."""
+    chance = {k: v["sync_swapped"] for k, v in rows.items() if "sync_swapped" in v and k[0] in "14"}
+    if not chance:
+        return []
+    lines = ["## Chance level of sync"]
+    lines += [
+        f"- {k}: sync {rows[k]['sync']:.3f} against its own audio, {v:.3f} against another held-out clip's "
+        "(`launch.evaluate --swap_audio`)"
+        for k, v in chance.items()
+    ]
+    return lines + [""]
+
+
 def recipe_lines(cfg: Any, root: Path) -> list[str]:
     """What was trained, for how long, and the wall time of each step of the main job."""
     steps = {name: dict(pairs)["total_steps"] for name, pairs in cfg.stages.items()}
@@ -213,6 +227,7 @@ def write_doc(cfg: Any, root: Path, rows: dict, timing: dict, doc: Path) -> None
         "## Targets",
         *check_targets(rows),
         "",
+        *chance_lines(rows),
         "## Recipe and time",
         *recipe_lines(cfg, root),
         "",

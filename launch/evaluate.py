@@ -12,6 +12,8 @@ stand-ins of the paper's metrics (`data_pipeline.toyworld.measure`) are read fro
 - psnr / ssim: identity, on the clip's static region against the reference frame;
 - motion_px: mean frame-to-frame hand displacement (HKV's role).
 `--truth` scores the ground-truth mp4s of the same clips instead, the evaluator's own calibration.
+`--swap_audio` also scores each video's sync against another clip's audio: the chance level of `sync` for
+those videos, which is above 0 because the best lag is taken.
 """
 
 from __future__ import annotations
@@ -68,6 +70,25 @@ def evaluate_videos(world: Path, videos: dict[str, Path], fps: float) -> dict[st
     }
 
 
+def swapped_sync(world: Path, videos: dict[str, Path], fps: float) -> dict[str, float]:
+    """clip_id -> sync of its video against the driving audio of the next clip (sorted, cyclic).
+
+    The chance level of `sync` for these very videos: the evaluator takes the best of several lags, so a
+    mouth and an audio that have nothing to do with each other do not score 0. Needs 2 or more videos.
+    """
+    ids = sorted(videos)
+    if len(ids) < 2:
+        raise ValueError(f"sync against another clip's audio needs at least 2 videos, got {len(ids)}")
+    out = {}
+    for i, cid in enumerate(ids):
+        other = load_truth(world, ids[(i + 1) % len(ids)])
+        frames = render.read_mp4(videos[cid])  # (F, H, W, 3)
+        n = min(frames.shape[0], other["keypoints"].shape[0])  # no silence past the other clip's end
+        wav = speech.pcm16_to_float(other["driving_audio"])
+        out[cid] = measure.sync_score(frames[:n], wav, speech.SAMPLE_RATE, fps)
+    return out
+
+
 def find_videos(folder: Path, world: Path) -> dict[str, Path]:
     """`<clip_id>.mp4` files in `folder` whose clip has ground truth in the world (others are ignored)."""
     out = {
@@ -114,6 +135,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--truth", action="store_true", help="score the world's own mp4s of --split instead")
     p.add_argument("--split", default="eval", help="manifest split scored with --truth (default: eval)")
     p.add_argument("--fps", type=float, default=25.0, help="frame rate of the videos (default: 25)")
+    p.add_argument(
+        "--swap_audio",
+        action="store_true",
+        help="also score each video's sync against the next clip's audio: the chance level (2+ videos)",
+    )
     p.add_argument("--json", help="also write per-clip and mean metrics to this JSON file")
     return p
 
@@ -131,11 +157,17 @@ def main(argv: list[str] | None = None) -> int:
         else:
             raise ValueError("give --videos DIR (generated mp4s) or --truth (the world's own clips)")
         per_clip = evaluate_videos(world, videos, args.fps)
+        swapped = swapped_sync(world, videos, args.fps) if args.swap_audio else {}
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = summarize(per_clip)
     print(format_table({"truth" if args.truth else "generated": summary}))
+    if swapped:
+        for cid, value in swapped.items():
+            per_clip[cid]["sync_swapped"] = value
+        summary["sync_swapped"] = float(np.mean(list(swapped.values())))
+        print(f"sync against another clip's audio (chance level): {summary['sync_swapped']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"per_clip": per_clip, "mean": summary}, indent=2) + "\n")
     return 0

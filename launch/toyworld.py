@@ -241,9 +241,15 @@ def step_sample(
 
 
 def score(world: Path, folder: Path, fps: float) -> dict[str, float]:
-    from launch.evaluate import evaluate_videos, find_videos, summarize
+    """Mean metrics of a folder of samples, and `sync_swapped` (the chance level) when it has 2+ videos."""
+    from launch.evaluate import evaluate_videos, find_videos, summarize, swapped_sync
 
-    return summarize(evaluate_videos(world, find_videos(folder, world), fps))
+    videos = find_videos(folder, world)
+    out = summarize(evaluate_videos(world, videos, fps))
+    if len(videos) >= 2:
+        swapped = list(swapped_sync(world, videos, fps).values())
+        out["sync_swapped"] = sum(swapped) / len(swapped)
+    return out
 
 
 def score_truth(world: Path, clip_ids: list[str], fps: float) -> dict[str, float]:

@@ -77,3 +77,42 @@ def test_summary_skips_nan_metrics():
     s = evaluate.summarize({"a": a, "b": b})
     assert s["sync"] == pytest.approx(0.6) and s["psnr"] == 30.0 and s["clips"] == 2
     assert math.isnan(evaluate.summarize({})["sync"])
+
+
+def test_swapped_audio_scores_the_truth_near_chance_while_its_own_audio_scores_above_0_9(
+    world, tmp_path, capsys
+):
+    ids = evaluate.eval_clip_ids(world)
+    videos = {c: world / "clips" / f"{c}.mp4" for c in ids}
+    own = evaluate.evaluate_videos(world, videos, 25.0)
+    swapped = evaluate.swapped_sync(world, videos, 25.0)
+    assert sorted(swapped) == ids
+    for cid in ids:
+        assert own[cid]["sync"] >= 0.9 and swapped[cid] < 0.5, (cid, own[cid]["sync"], swapped[cid])
+    out = tmp_path / "m.json"
+    argv = ["--world", str(world), "--truth", "--swap_audio", "--json", str(out)]
+    assert evaluate.main(argv) == 0
+    assert "sync against another clip's audio (chance level): " in capsys.readouterr().out
+    data = json.loads(out.read_text())
+    assert data["mean"]["sync_swapped"] == pytest.approx(np.mean(list(swapped.values())))
+    assert data["per_clip"][ids[0]]["sync_swapped"] == pytest.approx(swapped[ids[0]])
+
+
+def test_swapped_audio_with_one_video_exits_2_naming_the_need_for_two(world, tmp_path, capsys):
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(world / "clips" / "id0001_c001.mp4", videos / "id0001_c001.mp4")
+    assert evaluate.main(["--world", str(world), "--videos", str(videos), "--swap_audio"]) == 2
+    assert "needs at least 2 videos, got 1" in capsys.readouterr().err
+
+
+def test_toyworld_score_adds_the_chance_level_only_for_two_or_more_videos(world, tmp_path):
+    from launch import toyworld
+
+    videos = tmp_path / "videos"
+    videos.mkdir()
+    shutil.copy(world / "clips" / "id0001_c001.mp4", videos / "id0001_c001.mp4")
+    assert "sync_swapped" not in toyworld.score(world, videos, 25.0)
+    shutil.copy(world / "clips" / "id0001_c000.mp4", videos / "id0001_c000.mp4")
+    both = toyworld.score(world, videos, 25.0)
+    assert both["clips"] == 2 and both["sync"] >= 0.9 and both["sync_swapped"] < 0.5

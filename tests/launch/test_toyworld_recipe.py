@@ -212,6 +212,13 @@ def test_learning_proof_reports_met_and_missed_targets_with_the_gap(tmp_path):
     seen = "\n".join(lp.check_targets({"2 pose-driven": dict(row, hands_found=0.95)}))
     assert "pose_err_px = 2.000, target <= 3.0: **met**" in seen
     assert "vacuous" not in "\n".join(lp.check_targets(synced))
+    assert lp.chance_lines(synced) == []  # no row carries its chance level: no section
+    chance = lp.chance_lines({"1 audio-driven": dict(row, sync_swapped=0.21), "2 pose-driven": row})
+    assert chance[0] == "## Chance level of sync" and chance[-1] == ""
+    assert (
+        "- 1 audio-driven: sync 0.500 against its own audio, 0.210 against another held-out clip's"
+        in chance[1]
+    )
     lp.bar_plot({"a": row, "b": dict(row, sync=float("nan"))}, tmp_path / "p.png")
     from PIL import Image
 
