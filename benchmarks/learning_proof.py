@@ -26,9 +26,10 @@ from launch import toyworld as tw
 from launch.evaluate import format_table
 
 # (metric, comparison, threshold, row) of issue 5's targets on held-out identities.
+SYNC_TARGET, ABLATION_SYNC_LIMIT = 0.6, 0.2  # issue 5: audio-driven sync >= 0.6, the ablation's <= 0.2
 TARGETS = (
-    ("sync", ">=", 0.6, "1 audio-driven"),
-    ("sync", "<=", 0.2, "4 no-audio ablation, audio-driven"),
+    ("sync", ">=", SYNC_TARGET, "1 audio-driven"),
+    ("sync", "<=", ABLATION_SYNC_LIMIT, "4 no-audio ablation, audio-driven"),
     ("pose_err_px", "<=", 3.0, "2 pose-driven"),
     ("psnr", ">=", 25.0, "1 audio-driven"),
     ("sync", ">=", 0.9, "ground truth"),
@@ -109,9 +110,9 @@ def check_targets(rows: dict[str, dict[str, float]]) -> list[str]:
         if metric == "pose_err_px" and met and found < HANDS_FOUND_MIN:
             met, gap = False, f": hands seen in only {found:.0%} of the frames, where alone it is measured"
         audio_sync = rows.get("1 audio-driven", {}).get("sync", float("nan"))
-        if met and row.startswith("4 ") and not audio_sync > threshold:
+        if met and row.startswith("4 ") and not audio_sync > ABLATION_SYNC_LIMIT:
             gap = " (vacuous: the audio-driven model shows no sync either)"
-        elif met and row.startswith("4 ") and not audio_sync >= TARGETS[0][2]:
+        elif met and row.startswith("4 ") and not audio_sync >= SYNC_TARGET:
             gap = f" (half of a pair: the audio-driven row, {audio_sync:.3f}, misses its own target)"
         lines.append(
             f"- {row}: {metric} = {value:.3f}, target {op} {threshold}: **{'met' if met else 'missed'}**{gap}"
@@ -148,8 +149,8 @@ def _ablation_steps(ablation: Any) -> str:
 
 
 def chance_lines(rows: dict[str, dict[str, float]]) -> list[str]:
-    """The sync chance level of the audio-driven rows: their samples against another held-out clip's audio."""
-    chance = {k: v["sync_swapped"] for k, v in rows.items() if "sync_swapped" in v and k[0] in "14"}
+    """The sync chance level of each sampled row: its samples against another held-out clip's audio."""
+    chance = {k: v["sync_swapped"] for k, v in rows.items() if "sync_swapped" in v}
     if not chance:
         return []
     lines = ["## Chance level of sync"]

@@ -29,6 +29,7 @@ import numpy as np
 from data_pipeline.toyworld import measure, render, speech
 
 METRICS = ("sync", "pose_err_px", "hands_found", "psnr", "ssim", "motion_px")
+OPTIONAL_METRICS = ("sync_swapped",)  # averaged only when the clips carry it (`evaluate_videos(swap_audio=)`)
 
 
 def load_truth(world: Path, clip_id: str) -> dict[str, np.ndarray]:
@@ -63,30 +64,34 @@ def score_frames(frames: np.ndarray, truth: dict[str, np.ndarray], fps: float) -
     return out
 
 
-def evaluate_videos(world: Path, videos: dict[str, Path], fps: float) -> dict[str, dict[str, float]]:
-    """clip_id -> metrics, for mp4 files named by the clip they were driven by."""
-    return {
-        cid: score_frames(render.read_mp4(path), load_truth(world, cid), fps) for cid, path in videos.items()
-    }
+def evaluate_videos(
+    world: Path, videos: dict[str, Path], fps: float, swap_audio: bool = False
+) -> dict[str, dict[str, float]]:
+    """clip_id -> metrics, for mp4 files named by the clip they were driven by (each read once).
 
-
-def swapped_sync(world: Path, videos: dict[str, Path], fps: float) -> dict[str, float]:
-    """clip_id -> sync of its video against the driving audio of the next clip (sorted, cyclic).
-
-    The chance level of `sync` for these very videos: the evaluator takes the best of several lags, so a
-    mouth and an audio that have nothing to do with each other do not score 0. Needs 2 or more videos.
+    swap_audio: also `sync_swapped`, each video's sync against the driving audio of the next clip (sorted,
+    cyclic): the chance level of `sync` for these very videos, which the best-of-lags correlation lifts
+    above 0 for a mouth and an audio that have nothing to do with each other. Needs 2 or more videos.
     """
     ids = sorted(videos)
-    if len(ids) < 2:
+    if swap_audio and len(ids) < 2:
         raise ValueError(f"sync against another clip's audio needs at least 2 videos, got {len(ids)}")
+    truths = {cid: load_truth(world, cid) for cid in ids}
     out = {}
-    for i, cid in enumerate(ids):
-        other = load_truth(world, ids[(i + 1) % len(ids)])
-        frames = render.read_mp4(videos[cid])  # (F, H, W, 3)
-        n = min(frames.shape[0], other["keypoints"].shape[0])  # no silence past the other clip's end
-        wav = speech.pcm16_to_float(other["driving_audio"])
-        out[cid] = measure.sync_score(frames[:n], wav, speech.SAMPLE_RATE, fps)
+    for cid, path in videos.items():
+        frames = render.read_mp4(path)  # (F, H, W, 3)
+        out[cid] = score_frames(frames, truths[cid], fps)
+        if swap_audio:
+            other = truths[ids[(ids.index(cid) + 1) % len(ids)]]
+            out[cid]["sync_swapped"] = swapped_sync(frames, other, fps)
     return out
+
+
+def swapped_sync(frames: np.ndarray, other: dict[str, np.ndarray], fps: float) -> float:
+    """Sync of a video (F, H, W, 3) against another clip's driving audio (`other`, its `load_truth`)."""
+    n = min(frames.shape[0], other["keypoints"].shape[0])  # no silence past the other clip's end
+    wav = speech.pcm16_to_float(other["driving_audio"])
+    return measure.sync_score(frames[:n], wav, speech.SAMPLE_RATE, fps)
 
 
 def find_videos(folder: Path, world: Path) -> dict[str, Path]:
@@ -106,9 +111,11 @@ def eval_clip_ids(world: Path, split: str = "eval") -> list[str]:
 
 
 def summarize(per_clip: dict[str, dict[str, float]]) -> dict[str, float]:
-    """Mean of each metric over clips, NaNs skipped (NaN when no clip has it)."""
+    """Mean of each metric over clips, NaNs skipped (NaN when no clip has it; an optional metric no clip
+    carries is left out)."""
     out = {}
-    for m in METRICS:
+    carried = [m for m in OPTIONAL_METRICS if any(m in v for v in per_clip.values())]
+    for m in (*METRICS, *carried):
         vals = [v[m] for v in per_clip.values() if m in v and math.isfinite(v[m])]
         out[m] = float(np.mean(vals)) if vals else float("nan")
     out["clips"] = len(per_clip)
@@ -156,17 +163,13 @@ def main(argv: list[str] | None = None) -> int:
             videos = find_videos(Path(args.videos), world)
         else:
             raise ValueError("give --videos DIR (generated mp4s) or --truth (the world's own clips)")
-        per_clip = evaluate_videos(world, videos, args.fps)
-        swapped = swapped_sync(world, videos, args.fps) if args.swap_audio else {}
+        per_clip = evaluate_videos(world, videos, args.fps, swap_audio=args.swap_audio)
     except (FileNotFoundError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 2
     summary = summarize(per_clip)
     print(format_table({"truth" if args.truth else "generated": summary}))
-    if swapped:
-        for cid, value in swapped.items():
-            per_clip[cid]["sync_swapped"] = value
-        summary["sync_swapped"] = float(np.mean(list(swapped.values())))
+    if "sync_swapped" in summary:
         print(f"sync against another clip's audio (chance level): {summary['sync_swapped']:.3f}")
     if args.json:
         Path(args.json).write_text(json.dumps({"per_clip": per_clip, "mean": summary}, indent=2) + "\n")

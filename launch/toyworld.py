@@ -242,14 +242,10 @@ def step_sample(
 
 def score(world: Path, folder: Path, fps: float) -> dict[str, float]:
     """Mean metrics of a folder of samples, and `sync_swapped` (the chance level) when it has 2+ videos."""
-    from launch.evaluate import evaluate_videos, find_videos, summarize, swapped_sync
+    from launch.evaluate import evaluate_videos, find_videos, summarize
 
     videos = find_videos(folder, world)
-    out = summarize(evaluate_videos(world, videos, fps))
-    if len(videos) >= 2:
-        swapped = list(swapped_sync(world, videos, fps).values())
-        out["sync_swapped"] = sum(swapped) / len(swapped)
-    return out
+    return summarize(evaluate_videos(world, videos, fps, swap_audio=len(videos) >= 2))
 
 
 def score_truth(world: Path, clip_ids: list[str], fps: float) -> dict[str, float]:

@@ -85,10 +85,13 @@ def test_swapped_audio_scores_the_truth_near_chance_while_its_own_audio_scores_a
     ids = evaluate.eval_clip_ids(world)
     videos = {c: world / "clips" / f"{c}.mp4" for c in ids}
     own = evaluate.evaluate_videos(world, videos, 25.0)
-    swapped = evaluate.swapped_sync(world, videos, 25.0)
+    assert all("sync_swapped" not in m for m in own.values())  # only when asked
+    per_clip = evaluate.evaluate_videos(world, videos, 25.0, swap_audio=True)
+    swapped = {cid: m["sync_swapped"] for cid, m in per_clip.items()}
     assert sorted(swapped) == ids
     for cid in ids:
         assert own[cid]["sync"] >= 0.9 and swapped[cid] < 0.5, (cid, own[cid]["sync"], swapped[cid])
+        assert per_clip[cid]["sync"] == own[cid]["sync"]
     out = tmp_path / "m.json"
     argv = ["--world", str(world), "--truth", "--swap_audio", "--json", str(out)]
     assert evaluate.main(argv) == 0
