@@ -225,6 +225,20 @@ def test_learning_proof_reports_met_and_missed_targets_with_the_gap(tmp_path):
     assert Image.open(tmp_path / "p.png").size[0] == 760
 
 
+@pytest.mark.parametrize("recipe", sorted(RECIPES))
+def test_recipe_vae_loss_overrides_merge_into_the_shared_weights(recipe):
+    from launch.train_vae import default_config
+
+    loss = dict(get_config(recipe).vae.loss)
+    assert set(loss) <= set(default_config().loss)  # each becomes a --config.loss.KEY flag of train_vae
+    own = dict(RECIPES[recipe]["vae"].get("loss", {}))
+    shared = {k: v for k, v in dict(get_config("smoke").vae.loss).items() if k not in own}
+    assert loss == {**shared, **own} and {"motion_l1", "region_l1", "temporal_l1"} <= set(loss)
+    assert dict(RECIPES["proof"]["vae"]["loss"])  # get_config leaves the recipe table as it was
+    proof, quick = (dict(get_config(r).vae.loss)["temporal_l1"] for r in ("proof", "quick"))
+    assert proof > quick  # the proof's own weight (session 21)
+
+
 def test_recipe_lines_name_steps_reused_from_an_earlier_invocation(tmp_path):
     import json
 
