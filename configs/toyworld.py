@@ -191,7 +191,7 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     # sampling (an extension; 1 is off). Chosen on the validation world with session 15's stage 3: scales 1 /
     # 2 / 3 / 5 / 8 placed the hands at 4.01 / 2.60 / 2.15 / 2.00 / 2.14 px, found 82 / 90 / 93 / 96 / 97% of
     # them and scored 27.71 / 27.53 / 27.31 / 26.80 / 25.94 dB; 5 is the best placement within 1 dB.
-    # cfg_audio 8, held constant (session 19; docs/learning_proof.md): the linear annealing to 1 (paper
+    # cfg_audio 8, held constant (session 19, docs/learning_proof_history.md): linear annealing to 1 (paper
     # section 3.4, against wrinkles the toy world does not have) left the last, detail-setting steps
     # unguided. runs/p17's stage 3 on the validation world, audio-driven: sync 0.367 at 27.33 dB with 3
     # annealed (the recipe before), and with 5 / 8 / 12 constant 0.494 / 0.534 / 0.547 at 27.25 / 27.18 /
