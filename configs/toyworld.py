@@ -50,6 +50,9 @@ STAGE_RATIOS = {
 # (docs/learning_proof.md, session 20).
 STAGE_LR = {1: 5e-4, 2: 5e-4, 3: 2e-3}
 
+# launch.train_vae loss weights shared by every recipe; a recipe's `vae["loss"]` overrides some of them.
+VAE_LOSS = {"motion_l1": 1.0, "region_l1": 1.0, "temporal_l1": 5.0}
+
 VAE_WORLD_SEED_OFFSET = 1000  # the VAE world's seed is the main world's plus this
 VAL_WORLD_SEED_OFFSET = 2000  # the validation world's seed (`launch.toyworld --validate`)
 
@@ -151,7 +154,7 @@ def get_config(arg: str = "quick") -> ml_collections.ConfigDict:
     # (0.631 without), kept 28% of the mouth's movement within a latent frame (20%), at 29.23 dB (29.46)
     # with 95% of the hands found (93%) (session 17, docs/learning_proof_history.md).
     vae = dict(r["vae"])
-    loss = {"motion_l1": 1.0, "region_l1": 1.0, "temporal_l1": 5.0, **vae.pop("loss", {})}
+    loss = {**VAE_LOSS, **vae.pop("loss", {})}
     cfg.vae = dict(latent_channels=16, spatial_compression_ratio=4, video_lr_restart=True, loss=loss, **vae)
     # launch.train overrides shared by all stages; the model is the toy preset (latent (3, 16, 16) x 16,
     # patch 2).

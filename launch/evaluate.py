@@ -77,13 +77,13 @@ def evaluate_videos(
     if swap_audio and len(ids) < 2:
         raise ValueError(f"sync against another clip's audio needs at least 2 videos, got {len(ids)}")
     truths = {cid: load_truth(world, cid) for cid in ids}
+    next_clip = {cid: ids[(i + 1) % len(ids)] for i, cid in enumerate(ids)}
     out = {}
     for cid, path in videos.items():
         frames = render.read_mp4(path)  # (F, H, W, 3)
         out[cid] = score_frames(frames, truths[cid], fps)
         if swap_audio:
-            other = truths[ids[(ids.index(cid) + 1) % len(ids)]]
-            out[cid]["sync_swapped"] = swapped_sync(frames, other, fps)
+            out[cid]["sync_swapped"] = swapped_sync(frames, truths[next_clip[cid]], fps)
     return out
 
 
