@@ -88,12 +88,21 @@ def bucket_losses(sums: np.ndarray, counts: np.ndarray) -> dict[str, float]:
     }
 
 
-def measure_matmul_peak(n: int = 2048, dtype=jnp.float32, repeats: int = 5, device=None) -> float:
-    """FLOP/s of a square matmul on one device: the MFU denominator on machines without a spec sheet."""
+def measure_matmul_peak(
+    n: int = 2048, dtype=jnp.float32, repeats: int = 5, device=None, warmup_s: float = 0.5
+) -> float:
+    """FLOP/s of a square matmul on one device: the MFU denominator on machines without a spec sheet.
+
+    Runs the matmul for `warmup_s` seconds before timing: a host that has just started or woken reads
+    low at first (seen: 106 against 200 GFLOP/s on a fresh 2-core VM), which would inflate MFU.
+    """
     device = device or jax.devices()[0]
     a = jax.device_put(jnp.ones((n, n), dtype), device)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()
+    t_end = time.perf_counter() + warmup_s
+    while time.perf_counter() < t_end:
+        f(a).block_until_ready()
     best = float("inf")
     for _ in range(repeats):
         t0 = time.perf_counter()
