@@ -211,13 +211,20 @@ def make_vae_train_step(
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, rng, region)
         grad_norm = optax.global_norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
-        updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-        new_params = optax.apply_updates(state.params, updates)
-        keep = lambda new, old: jax.tree.map(lambda a, b: jnp.where(finite, a, b), new, old)  # noqa: E731
+
+        def apply_update(_):
+            updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+            return optax.apply_updates(state.params, updates), new_opt
+
+        # A non-finite step keeps the state; a cond, so XLA updates the donated buffers in place
+        # (a per-leaf select made it copy each one first, as in omnihuman_jax.train_step).
+        params, opt_state = jax.lax.cond(
+            finite, apply_update, lambda _: (state.params, state.opt_state), None
+        )
         new_state = VAETrainState(
             step=state.step + 1,
-            params=keep(new_params, state.params),
-            opt_state=keep(new_opt, state.opt_state),
+            params=params,
+            opt_state=opt_state,
             nonfinite_total=state.nonfinite_total + (~finite).astype(jnp.int32),
         )
         metrics = {"loss": loss, "grad_norm": grad_norm, **parts}

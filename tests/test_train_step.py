@@ -88,11 +88,11 @@ def test_loss_falls_when_overfitting_one_batch():
 def test_nonfinite_batch_skips_update_and_is_counted():
     cfg = tiny_config(batch_size=2)
     mesh, state, step, batch = _setup(cfg, jax.devices()[:1], dict(data=1, fsdp=1, tensor=1))
-    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state, state.ema_params))
     bad = dict(batch, latents=np.full_like(batch["latents"], np.nan))
     state, m = step(state, shd.shard_batch(bad, mesh))
     assert int(m["nonfinite_total"]) == 1 and int(m["nonfinite_streak"]) == 1
-    after = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    after = jax.tree.map(np.asarray, (state.params, state.opt_state, state.ema_params))
     for a, b in zip(jax.tree.leaves(before), jax.tree.leaves(after), strict=True):
         np.testing.assert_array_equal(a, b)
     state, m = step(state, shd.shard_batch(batch, mesh))

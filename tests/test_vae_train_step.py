@@ -94,6 +94,24 @@ def _frozen_state_and_clip() -> tuple[optax.GradientTransformation, vts.VAETrain
     return opt, state, clip
 
 
+def test_nonfinite_vae_step_keeps_params_and_optimizer_state_and_is_counted():
+    _, state, clip = _frozen_state_and_clip()
+    opt = optax.adam(1e-2)
+    state = state.replace(opt_state=opt.init(state.params))
+    before = jax.tree.map(np.asarray, (state.params, state.opt_state))
+    nan_step = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(kl=float("nan")), seed=0)
+    kept, metrics = jax.jit(nan_step)(state, clip)
+    assert int(metrics["nonfinite_total"]) == 1 and int(kept.step) == 1
+    for a, b in zip(jax.tree.leaves(before), jax.tree.leaves((kept.params, kept.opt_state)), strict=True):
+        np.testing.assert_array_equal(a, b)
+    moved, metrics = jax.jit(vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(), seed=0))(kept, clip)
+    assert int(metrics["nonfinite_total"]) == 1
+    assert any(
+        not np.array_equal(a, b)
+        for a, b in zip(jax.tree.leaves(before[0]), jax.tree.leaves(moved.params), strict=True)
+    )
+
+
 def test_train_step_adds_the_weighted_motion_l1_on_clips_only():
     opt, state, clip = _frozen_state_and_clip()
     _, plain = vts.make_vae_train_step(CFG, opt, vts.VAELossWeights(), seed=0)(state, clip)
