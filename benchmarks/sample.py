@@ -4,7 +4,8 @@ OmniHuman-1 section 3.4 guides text and audio, which takes three predictions per
 text only, both). `omnihuman_jax.guidance` runs them as ONE forward over a 3x batch; the baseline runs three
 forwards of batch 1 and combines them. Both are timed in the same run, on random params of a preset (no VAE:
 latents only), over `--steps` Euler steps, `--repeats` rounds in which the two take turns (best reported,
-compile excluded).
+compile excluded). It runs with the XLA:CPU flags `launch.sample` adds (`omnihuman_jax.xla_env`;
+OMNIHUMAN_XLA_DEFAULTS=0 leaves XLA_FLAGS alone).
 
   python -m benchmarks.sample --preset small --steps 2 --repeats 1
 """
@@ -12,6 +13,7 @@ compile excluded).
 from __future__ import annotations
 
 import argparse
+import os
 import time
 
 import flax.linen as nn
@@ -20,6 +22,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from configs.base import get_base_config
+from omnihuman_jax import xla_env
 from omnihuman_jax.batch import sample_model_inputs, zeros_batch
 from omnihuman_jax.guidance import branch_velocities, combine, guidance_mode, make_guided_velocity
 from omnihuman_jax.models.dit import DiTConfig, OmniHumanDiT
@@ -97,7 +100,8 @@ def main() -> None:
     print(
         f"preset={args.preset} latents=({s.latent_frames}, {s.latent_height}, {s.latent_width}) "
         f"steps={args.steps} repeats={args.repeats} "
-        f"devices={jax.device_count()} ({jax.devices()[0].platform})"
+        f"devices={jax.device_count()} ({jax.devices()[0].platform}) "
+        f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )
     print(f"batched CFG (1 forward, 3 branches): {t_batched:.3f} s/step")
     print(f"separate forwards (3 x batch 1):    {t_separate:.3f} s/step")
@@ -105,4 +109,5 @@ def main() -> None:
 
 
 if __name__ == "__main__":
+    xla_env.apply()  # before the first computation starts JAX's backend, as in launch.sample
     main()
