@@ -139,7 +139,7 @@ def make_train_step(
 
         # A non-finite step leaves params, optimizer state and EMA as they were. A cond, not a
         # per-leaf select: with the select XLA copied every donated state buffer before updating it in
-        # place (about 5% of the small preset's CPU step, docs/performance.md).
+        # place (954 copies and 144 MiB more temps in the small preset's step, docs/performance.md).
         params, opt_state, ema_params = jax.lax.cond(
             finite, apply_update, lambda _: (state.params, state.opt_state, state.ema_params), None
         )
