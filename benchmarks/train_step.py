@@ -205,9 +205,9 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from omnihuman_jax import flops as flops_lib
-    from omnihuman_jax.metrics import measure_matmul_peak
+    from omnihuman_jax.metrics import measure_matmul_peak, peak_matmul_size
 
-    measure_peak = lambda: measure_matmul_peak(2048, jnp.dtype(args.dtype), repeats=5)
+    measure_peak = lambda: measure_matmul_peak(dtype=jnp.dtype(args.dtype), repeats=5)
     peaks = [measure_peak()]
     print(
         f"device: {jax.devices()[0].device_kind}, threads={args.threads}, "
@@ -218,7 +218,8 @@ def main(argv: list[str] | None = None) -> int:
     # A cold or briefly loaded host reads low; the higher reading is the conservative denominator.
     peak = max(peaks)
     print(
-        f"measured {args.dtype} matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s "
+        f"measured {args.dtype} matmul peak ({peak_matmul_size(jax.devices()[0].platform)}^3): "
+        f"{peak / 1e9:.1f} GFLOP/s "
         f"(before our step {peaks[0] / 1e9:.1f}, after {peaks[1] / 1e9:.1f}; the higher is used)"
     )
     ours = float(np.median(times))

@@ -88,15 +88,24 @@ def bucket_losses(sums: np.ndarray, counts: np.ndarray) -> dict[str, float]:
     }
 
 
+def peak_matmul_size(platform: str) -> int:
+    """Side of the square matmul that measures a device's peak: 2048 on CPU; 8192 on GPU / TPU, where a
+    2048^3 product (17 GFLOP, tens of microseconds) is too short to reach the peak and would inflate MFU."""
+    return 2048 if platform == "cpu" else 8192
+
+
 def measure_matmul_peak(
-    n: int = 2048, dtype=jnp.float32, repeats: int = 5, device=None, warmup_s: float = 0.5
+    n: int | None = None, dtype=jnp.float32, repeats: int = 5, device=None, warmup_s: float = 0.5
 ) -> float:
     """FLOP/s of a square matmul on one device: the MFU denominator on machines without a spec sheet.
 
-    Runs the matmul for `warmup_s` seconds before timing: a host that has just started or woken reads
-    low at first (seen: 106 against 200 GFLOP/s on a fresh 2-core VM), which would inflate MFU.
+    `n` defaults to `peak_matmul_size` of the device's platform; `dtype` should be the model's compute
+    dtype (a bf16 run measured against an f32 peak would overstate its MFU). Runs the matmul for
+    `warmup_s` seconds before timing: a host that has just started or woken reads low at first (seen:
+    106 against 200 GFLOP/s on a fresh 2-core VM), which would inflate MFU.
     """
     device = device or jax.devices()[0]
+    n = n or peak_matmul_size(device.platform)
     a = jax.device_put(jnp.ones((n, n), dtype), device)
     f = jax.jit(lambda x: x @ x)
     f(a).block_until_ready()

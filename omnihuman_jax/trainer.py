@@ -261,8 +261,15 @@ def _observe(health: _Health, step: int, metrics: dict[str, Any]) -> None:
     health.observe(step, float(loss), int(streak))
 
 
+def peak_flops_per_device(config) -> float:
+    """The MFU denominator: the config's value, else a matmul peak measured in the compute dtype."""
+    return float(config.metrics.peak_flops_per_device) or measure_matmul_peak(
+        dtype=jnp.dtype(config.model.dtype)
+    )
+
+
 def _loop(config, state, step, step_fn, source, ckpt, writer, mesh, stop) -> TrainResult:
-    peak = config.metrics.peak_flops_per_device or measure_matmul_peak()
+    peak = peak_flops_per_device(config)
     flops_per_step = flops_lib.train_flops_per_step(config, config.batch_size)
     tokens_per_step = flops_lib.tokens_per_sample(config) * config.batch_size
     meta = {"config": json.loads(config.to_json_best_effort())}
