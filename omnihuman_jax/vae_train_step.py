@@ -42,7 +42,7 @@ from omnihuman_jax.models.vae import (
     posterior_sample,
     vae_logical_axes,
 )
-from omnihuman_jax.train_state import lr_schedule, make_optimizer
+from omnihuman_jax.train_state import lr_schedule, make_optimizer, update_if_finite
 from omnihuman_jax.vae_losses import vae_loss
 
 Params = Any
@@ -216,11 +216,8 @@ def make_vae_train_step(
             updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
             return optax.apply_updates(state.params, updates), new_opt
 
-        # A non-finite step keeps the state; a cond, so XLA updates the donated buffers in place
-        # (a per-leaf select made it copy each one first, as in omnihuman_jax.train_step).
-        params, opt_state = jax.lax.cond(
-            finite, apply_update, lambda _: (state.params, state.opt_state), None
-        )
+        # A non-finite step keeps params and optimizer state.
+        params, opt_state = update_if_finite(finite, apply_update, (state.params, state.opt_state))
         new_state = VAETrainState(
             step=state.step + 1,
             params=params,
