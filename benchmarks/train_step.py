@@ -33,6 +33,12 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--steps", type=int, default=5, help="timed steps per framework (best and median shown)")
     p.add_argument("--warmup", type=int, default=2, help="untimed steps after compilation")
     p.add_argument("--remat", default="none", help="model.remat policy for our step")
+    p.add_argument(
+        "--scan_layers",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="model.scan_layers for our step (default: the preset's)",
+    )
     p.add_argument("--dtype", default="float32", help="our compute dtype (float32 or bfloat16)")
     p.add_argument("--attention", default="auto", help="our attention backend (auto: blocked on CPU)")
     p.add_argument("--platform", default="cpu", help="cpu (threads pinned) or gpu / tpu (one device)")
@@ -102,6 +108,8 @@ def our_step(args) -> tuple[list[float], float, object]:
     if args.latent_frames:
         config.shape.latent_frames = args.latent_frames
     config.model.update(dict(remat=args.remat, dtype=args.dtype, attention=args.attention))
+    if args.scan_layers is not None:
+        config.model.scan_layers = args.scan_layers
     overrides = dict(use_audio=False, use_pose=False) if args.no_audio_pose else {}
     model = OmniHumanDiT(DiTConfig.from_config(config.model, **overrides))
     mesh = shd.make_mesh(dict(config.mesh), jax.devices()[:1])

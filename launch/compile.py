@@ -9,7 +9,11 @@ carrying NamedShardings from the model's logical axis names (no parameter is eve
 `jax.jit(...).lower(...).compile()` runs XLA's TPU compiler. It prints the mesh, the remat policy, the
 per-device memory from `compiled.memory_analysis()` and the compiled FLOPs from `cost_analysis()`; a
 config that does not fit fails here instead of on the pod. `--topology=cpu` compiles for the local CPU
-devices and needs no libtpu (`pip install -e .[tpu]` provides it).
+devices and needs no libtpu (`pip install -e .[tpu]` provides it); `--topology=local` compiles for the
+devices of JAX's default backend (a GPU host's GPUs).
+
+`--fit` asks the other question: the longest video that fits each device, per remat policy
+(`launch/memory_fit.py`), by compiling the step at a few `shape.latent_frames` values.
 """
 
 from __future__ import annotations
@@ -34,9 +38,26 @@ def define_flags() -> None:
     flags.DEFINE_string(
         "topology",
         "cpu",
-        "'cpu' (the local CPU devices) or a TPU topology name as libtpu knows it, e.g. v5p:2x2x2, v5e:4x4, "
-        "v4:2x2x1. Its chip count must match the mesh in the config (one -1 axis fills it).",
+        "'cpu' (the local CPU devices), 'local' (the devices of JAX's default backend, e.g. this host's "
+        "GPUs) or a TPU topology name as libtpu knows it, e.g. v5p:2x2x2, v5e:4x4, v4:2x2x1. Its chip "
+        "count must match the mesh in the config (one -1 axis fills it).",
     )
+    flags.DEFINE_bool(
+        "fit",
+        False,
+        "Instead of one compile: find, for each policy in --remats, the largest shape.latent_frames whose "
+        "per-device memory fits the budget (launch/memory_fit.py).",
+    )
+    flags.DEFINE_list(
+        "remats", [], "With --fit: remat policies to try, e.g. none,save_dots,full (default: model.remat)."
+    )
+    flags.DEFINE_float(
+        "memory_gb",
+        0.0,
+        "With --fit: per-device budget in GiB. 0: the limit the device reports (GPU, TPU); topology "
+        "descriptions and CPUs report none, so give it there (a v5p chip has 95 GB of HBM).",
+    )
+    flags.DEFINE_integer("max_latent_frames", 256, "With --fit: the largest latent_frames to consider.")
     flags.DEFINE_integer("num_slices", 1, "TPU slices (multislice); the devices of all slices form the mesh.")
     flags.DEFINE_string("json_out", "", "Also write the printed figures as JSON to this file.")
     flags.mark_flags_as_required(["config"])
@@ -48,6 +69,8 @@ def topology_devices(topology: str, num_slices: int = 1) -> list:
 
     if topology == "cpu":
         return list(jax.devices("cpu"))
+    if topology == "local":
+        return list(jax.devices())
     try:
         from jax.experimental import topologies
 
@@ -175,11 +198,9 @@ def compile_train_step(config: Any, devices: list) -> dict[str, Any]:
     return out
 
 
-def _gib(n: int) -> str:
-    return f"{n / 2**30:.2f} GiB" if n >= 2**30 else f"{n / 2**20:.1f} MiB"
-
-
 def report(fig: dict[str, Any]) -> str:
+    from launch.memory_fit import format_bytes
+
     lines = [
         f"compiled for {fig['num_devices']} x {fig['device_kind'] or fig['platform']} "
         f"in {fig['compile_s']:.1f} s",
@@ -189,11 +210,11 @@ def report(fig: dict[str, Any]) -> str:
     if "total_bytes" in fig:
         lines.append(
             "per-device memory: arguments {a}, temps {t}, outputs {o} (aliased {al}), total {tot}".format(
-                a=_gib(fig["argument_bytes"]),
-                t=_gib(fig["temp_bytes"]),
-                o=_gib(fig["output_bytes"]),
-                al=_gib(fig["alias_bytes"]),
-                tot=_gib(fig["total_bytes"]),
+                a=format_bytes(fig["argument_bytes"]),
+                t=format_bytes(fig["temp_bytes"]),
+                o=format_bytes(fig["output_bytes"]),
+                al=format_bytes(fig["alias_bytes"]),
+                tot=format_bytes(fig["total_bytes"]),
             )
         )
     lines.append(
@@ -215,6 +236,8 @@ def main(argv: list[str]) -> int:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     devices = topology_devices(FLAGS.topology, FLAGS.num_slices)
+    if FLAGS.fit:
+        return fit_main(config, devices)
     try:
         fig = compile_train_step(config, devices)
     except ValueError as e:  # mesh / divisibility errors name the offending setting
@@ -225,6 +248,50 @@ def main(argv: list[str]) -> int:
     if FLAGS.json_out:
         with open(FLAGS.json_out, "w") as f:
             json.dump(fig, f, indent=1)
+    return 0
+
+
+def fit_main(config: Any, devices: list) -> int:
+    """--fit: the largest latent_frames per remat policy within the per-device budget."""
+    from launch import memory_fit
+    from omnihuman_jax.config_checks import ConfigError, validate_config
+
+    budget = int(FLAGS.memory_gb * 2**30) or memory_fit.device_memory_budget(devices)
+    if not budget:
+        print(
+            f"error: {devices[0].platform} devices report no memory limit; give the per-device budget "
+            "with --memory_gb",
+            file=sys.stderr,
+            flush=True,
+        )
+        return 2
+    remats = FLAGS.remats or [config.model.remat]
+    print(f"budget {memory_fit.format_bytes(budget)} per device; compiling the step per size:", flush=True)
+    for remat in remats:
+        trial = config.copy_and_resolve_references()
+        trial.model.remat = remat
+        try:
+            validate_config(trial)
+        except ConfigError as e:
+            print(f"error: --remats: {e}", file=sys.stderr, flush=True)
+            return 2
+    try:
+        rows = memory_fit.fit_policies(
+            config,
+            devices,
+            remats,
+            budget,
+            FLAGS.max_latent_frames,
+            compile_train_step,
+            log=lambda line: print(line, flush=True),
+        )
+    except ValueError as e:
+        print(f"error: {e}", file=sys.stderr, flush=True)
+        return 2
+    print(memory_fit.fit_report(rows, budget, FLAGS.max_latent_frames), flush=True)
+    if FLAGS.json_out:
+        with open(FLAGS.json_out, "w") as f:
+            json.dump(dict(topology=FLAGS.topology, budget_bytes=budget, rows=rows), f, indent=1)
     return 0
 
 

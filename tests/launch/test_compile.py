@@ -67,5 +67,5 @@ def test_help_explains_every_flag():
     out = subprocess.run(
         [sys.executable, "-m", "launch.compile", "--helpfull"], capture_output=True, text=True
     )
-    for flag in ("--config", "--topology", "--num_slices", "--json_out"):
+    for flag in ("--config", "--topology", "--num_slices", "--json_out", "--fit", "--remats", "--memory_gb"):
         assert flag in out.stdout, flag
