@@ -2,8 +2,9 @@
 # Issue 7's GPU measurements in one short run, for a machine with one GPU and JAX's CUDA build:
 #   OUT=runs/gpu bash benchmarks/gpu_session.sh
 # 1. MFU of the 1b preset's train step at its 16k-video-token shape, bf16, cuDNN attention, against a bf16
-#    matmul peak measured in the same run (benchmarks/train_step.py). It tries remat none first and falls
-#    back to save_dots, then full, if the step does not fit.
+#    matmul peak measured in the same run (benchmarks/train_step.py). It tries remat save_dots first and
+#    falls back to save_qkv_proj, then full, if the step does not fit (the 1b preset's state alone is
+#    30 GiB in f32; compiled on the CPU at this shape, remat none needs 192 GiB and save_dots 75 GiB).
 # 2. The largest sequence that fits the GPU per remat policy, from the compiled step's memory analysis
 #    (python -m launch.compile --topology=local --fit; launch/memory_fit.py), then one real step at the
 #    size found for the first policy, to check the compiled figure against the device.
@@ -19,11 +20,14 @@ PRESET=${PRESET:-1b}
 DTYPE=${DTYPE:-bfloat16}
 ATTENTION=${ATTENTION:-cudnn}
 STEPS=${STEPS:-10}
+MFU_REMATS=${MFU_REMATS:-save_dots save_qkv_proj full}
 REMATS=${REMATS:-full,save_dots,save_qkv_proj,offload,none}
 MEMORY_GB=${MEMORY_GB:-0}  # 0: the limit the device reports
 MAX_FRAMES=${MAX_FRAMES:-256}
 MFU_LIMIT=${MFU_LIMIT:-240}
 FIT_LIMIT=${FIT_LIMIT:-420}
+# The pool XLA allocates from on a GPU (JAX's default is 0.75 of the memory); --fit reads its size.
+export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 mkdir -p "$OUT"
 
 { nvidia-smi; $PY -c "import jax, jaxlib; print('jax', jax.__version__, jaxlib.__version__, jax.devices())"; } \
@@ -34,7 +38,7 @@ step() {  # benchmarks/train_step.py on this session's preset, kernel and dtype;
     --stage=3 --dtype="$DTYPE" --attention="$ATTENTION" --scan_layers --skip_torch "$@"
 }
 
-for remat in none save_dots full; do
+for remat in $MFU_REMATS; do
   echo "== MFU, remat $remat" | tee -a "$OUT/mfu.txt"
   if step --remat="$remat" --steps="$STEPS" --warmup=2 2>&1 | tee -a "$OUT/mfu.txt"; then
     break

@@ -275,6 +275,12 @@ def fit_main(config: Any, devices: list) -> int:
         except ConfigError as e:
             print(f"error: --remats: {e}", file=sys.stderr, flush=True)
             return 2
+
+    def save(rows: list[dict[str, Any]]) -> None:  # after each policy: a run cut short keeps its rows
+        if FLAGS.json_out:
+            with open(FLAGS.json_out, "w") as f:
+                json.dump(dict(topology=FLAGS.topology, budget_bytes=budget, rows=rows), f, indent=1)
+
     try:
         rows = memory_fit.fit_policies(
             config,
@@ -284,14 +290,12 @@ def fit_main(config: Any, devices: list) -> int:
             FLAGS.max_latent_frames,
             compile_train_step,
             log=lambda line: print(line, flush=True),
+            on_row=save,
         )
     except ValueError as e:
         print(f"error: {e}", file=sys.stderr, flush=True)
         return 2
     print(memory_fit.fit_report(rows, budget, FLAGS.max_latent_frames), flush=True)
-    if FLAGS.json_out:
-        with open(FLAGS.json_out, "w") as f:
-            json.dump(dict(topology=FLAGS.topology, budget_bytes=budget, rows=rows), f, indent=1)
     return 0
 
 

@@ -161,8 +161,12 @@ def fit_policies(
     limit: int,
     compile_fn: Callable[[Any, list], dict[str, Any]],
     log: Callable[[str], None] | None = None,
+    on_row: Callable[[list[dict[str, Any]]], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """One row per remat policy: the largest latent_frames that fits `budget`, with its tokens and bytes."""
+    """One row per remat policy: the largest latent_frames that fits `budget`, with its tokens and bytes.
+
+    `on_row(rows)` runs after each policy, so a caller can save what is measured before a time limit hits.
+    """
     rows = []
     start = int(config.shape.latent_frames)
     for remat in remats:
@@ -181,6 +185,8 @@ def fit_policies(
                 probes={str(k): v for k, v in sorted(fit.probes.items())},
             )
         )
+        if on_row is not None:
+            on_row(rows)
         start = max(n, 1)  # the next policy usually fits near the last one
     return rows
 

@@ -21,6 +21,7 @@ def test_gpu_session_script_writes_mfu_fit_and_the_checked_step(tmp_path):
         DTYPE="float32",
         ATTENTION="xla",
         STEPS="1",
+        MFU_REMATS="none save_dots",
         REMATS="none",
         MEMORY_GB="0.0105",
         MAX_FRAMES="4",
