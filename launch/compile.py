@@ -256,6 +256,13 @@ def fit_main(config: Any, devices: list) -> int:
     from launch import memory_fit
     from omnihuman_jax.config_checks import ConfigError, validate_config
 
+    for name, value, least in (
+        ("memory_gb", FLAGS.memory_gb, 0),
+        ("max_latent_frames", FLAGS.max_latent_frames, 1),
+    ):
+        if value < least:
+            print(f"error: --{name}={value}: must be at least {least}", file=sys.stderr, flush=True)
+            return 2
     budget = int(FLAGS.memory_gb * 2**30) or memory_fit.device_memory_budget(devices)
     if not budget:
         print(

@@ -116,3 +116,11 @@ def test_fit_cli_rejects_an_unknown_remat_policy_by_name():
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
     assert "sometimes" in out.stderr and "remat" in out.stderr
+
+
+@pytest.mark.parametrize("flag", ["--memory_gb=-1", "--max_latent_frames=0"])
+def test_fit_cli_rejects_a_negative_budget_or_an_empty_search_by_flag_name(flag):
+    cmd = [sys.executable, "-m", "launch.compile", "--config=configs/stage1.py:tiny", "--fit", flag]
+    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert out.returncode == 2, out.stderr[-2000:]
+    assert flag.split("=")[0] in out.stderr and "must be at least" in out.stderr
