@@ -96,31 +96,24 @@ def test_fit_on_cpu_returns_the_frames_whose_compiled_step_fits_and_the_next_doe
     assert "none: 3 latent frames (9 video frames)" in text and "4 needs" in text
 
 
-def test_fit_cli_without_a_budget_on_cpu_asks_for_memory_gb():
-    cmd = [sys.executable, "-m", "launch.compile", "--config=configs/stage1.py:tiny", "--fit"]
+def _fit_cli_error(*flags: str) -> str:
+    """stderr of `launch.compile --fit` on the tiny config with `flags`, which must exit with status 2."""
+    cmd = [sys.executable, "-m", "launch.compile", "--config=configs/stage1.py:tiny", "--fit", *flags]
     out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
     assert out.returncode == 2, out.stderr[-2000:]
-    assert "--memory_gb" in out.stderr
+    return out.stderr
+
+
+def test_fit_cli_without_a_budget_on_cpu_asks_for_memory_gb():
+    assert "--memory_gb" in _fit_cli_error()
 
 
 def test_fit_cli_rejects_an_unknown_remat_policy_by_name():
-    cmd = [
-        sys.executable,
-        "-m",
-        "launch.compile",
-        "--config=configs/stage1.py:tiny",
-        "--fit",
-        "--memory_gb=1",
-        "--remats=none,sometimes",
-    ]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert "sometimes" in out.stderr and "remat" in out.stderr
+    err = _fit_cli_error("--memory_gb=1", "--remats=none,sometimes")
+    assert "sometimes" in err and "remat" in err
 
 
 @pytest.mark.parametrize("flag", ["--memory_gb=-1", "--max_latent_frames=0"])
 def test_fit_cli_rejects_a_negative_budget_or_an_empty_search_by_flag_name(flag):
-    cmd = [sys.executable, "-m", "launch.compile", "--config=configs/stage1.py:tiny", "--fit", flag]
-    out = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
-    assert out.returncode == 2, out.stderr[-2000:]
-    assert flag.split("=")[0] in out.stderr and "must be at least" in out.stderr
+    err = _fit_cli_error(flag)
+    assert flag.split("=")[0] in err and "must be at least" in err
