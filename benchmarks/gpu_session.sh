@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# Issue 7's GPU measurements in one short run, for a machine with one GPU and JAX's CUDA build:
+# The GPU measurements of issues 7 and 4 in one short run, for a machine with one GPU and JAX's CUDA build:
 #   OUT=runs/gpu bash benchmarks/gpu_session.sh
 # 1. MFU of the 1b preset's train step at its 16k-video-token shape, bf16, cuDNN attention, against a bf16
 #    matmul peak measured in the same run (benchmarks/train_step.py). It tries remat save_dots first and
 #    falls back to save_qkv_proj, then full, if the step does not fit (the 1b preset's state alone is
 #    30 GiB in f32; compiled on the CPU at this shape, remat none needs 192 GiB and save_dots 75 GiB).
-# 2. The largest sequence that fits the GPU per remat policy, from the compiled step's memory analysis
+# 2. Issue 4's sampler figure: seconds per denoising step of the small preset, batched CFG (one forward of
+#    the three guidance branches) against three separate forwards, in the same run (benchmarks/sample.py).
+# 3. The largest sequence that fits the GPU per remat policy, from the compiled step's memory analysis
 #    (python -m launch.compile --topology=local --fit; launch/memory_fit.py), then one real step at the
 #    size found for the first policy, to check the compiled figure against the device.
 # Every part has its own time limit and writes under $OUT as it goes, so a cut-off run keeps what it
@@ -26,6 +28,8 @@ MEMORY_GB=${MEMORY_GB:-0}  # 0: the limit the device reports
 MAX_FRAMES=${MAX_FRAMES:-256}
 MFU_LIMIT=${MFU_LIMIT:-240}
 FIT_LIMIT=${FIT_LIMIT:-420}
+SAMPLE_PRESET=${SAMPLE_PRESET:-small}
+SAMPLE_LIMIT=${SAMPLE_LIMIT:-120}
 # The pool XLA allocates from on a GPU (JAX's default is 0.75 of the memory); --fit reads its size.
 export XLA_PYTHON_CLIENT_MEM_FRACTION=${XLA_PYTHON_CLIENT_MEM_FRACTION:-0.9}
 mkdir -p "$OUT"
@@ -44,6 +48,10 @@ for remat in $MFU_REMATS; do
     break
   fi
 done
+
+# Batched CFG against separate forwards, in the same process, taking turns (issue 4).
+timeout "$SAMPLE_LIMIT" $PY -m benchmarks.sample --platform="$PLATFORM" --preset="$SAMPLE_PRESET" \
+  --dtype="$DTYPE" --attention="$ATTENTION" --steps=4 --repeats=3 2>&1 | tee "$OUT/sample.txt"
 
 timeout "$FIT_LIMIT" $PY -m launch.compile --config="configs/stage3.py:$PRESET" --topology=local --fit \
   --remats="$REMATS" --memory_gb="$MEMORY_GB" --max_latent_frames="$MAX_FRAMES" \

@@ -8,6 +8,7 @@ compile excluded). It runs with the XLA:CPU flags `launch.sample` adds (`omnihum
 OMNIHUMAN_XLA_DEFAULTS=0 leaves XLA_FLAGS alone).
 
   python -m benchmarks.sample --preset small --steps 2 --repeats 1
+  python -m benchmarks.sample --platform gpu --dtype bfloat16 --attention cudnn   # benchmarks/gpu_session.sh
 """
 
 from __future__ import annotations
@@ -37,6 +38,9 @@ def parse() -> argparse.Namespace:
     p.add_argument("--latent_frames", type=int, help="Latent frames; default: the preset's shape.")
     p.add_argument("--latent_size", type=int, help="Latent height = width; default: the preset's shape.")
     p.add_argument("--seed", type=int, default=0, help="Seed of params and inputs.")
+    p.add_argument("--dtype", default="float32", help="Compute dtype of the model (float32 or bfloat16).")
+    p.add_argument("--attention", default="auto", help="model.attention (auto: blocked on CPU).")
+    p.add_argument("--platform", default="", help="cpu, gpu or tpu; default: JAX's own choice.")
     return p.parse_args()
 
 
@@ -46,6 +50,7 @@ def setup(args: argparse.Namespace):
         config.shape.latent_frames = args.latent_frames
     if args.latent_size:
         config.shape.latent_height = config.shape.latent_width = args.latent_size
+    config.model.update(dict(dtype=args.dtype, attention=args.attention))
     model = OmniHumanDiT(DiTConfig.from_config(config.model))
     rng = np.random.default_rng(args.seed)
     batch = zeros_batch(config, 1)
@@ -78,6 +83,8 @@ def time_samplers(velocity_fns: dict, noise, timesteps, repeats: int) -> dict[st
 
 def main() -> None:
     args = parse()
+    if args.platform:
+        jax.config.update("jax_platforms", args.platform)  # before the backend starts
     config, model, params, inputs = setup(args)
     mode = guidance_mode("audio")
     s_text, s_audio = jnp.float32(3.0), jnp.float32(2.5)
@@ -99,7 +106,7 @@ def main() -> None:
     s = config.shape
     print(
         f"preset={args.preset} latents=({s.latent_frames}, {s.latent_height}, {s.latent_width}) "
-        f"steps={args.steps} repeats={args.repeats} "
+        f"steps={args.steps} repeats={args.repeats} dtype={args.dtype} attention={args.attention} "
         f"devices={jax.device_count()} ({jax.devices()[0].platform}) "
         f"XLA_FLAGS={os.environ.get('XLA_FLAGS', '')!r}"
     )

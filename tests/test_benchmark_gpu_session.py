@@ -11,7 +11,7 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def test_gpu_session_script_writes_mfu_fit_and_the_checked_step(tmp_path):
+def test_gpu_session_script_writes_mfu_sampler_fit_and_the_checked_step(tmp_path):
     env = dict(
         os.environ,
         OUT=str(tmp_path / "out"),
@@ -25,6 +25,7 @@ def test_gpu_session_script_writes_mfu_fit_and_the_checked_step(tmp_path):
         REMATS="none",
         MEMORY_GB="0.0105",
         MAX_FRAMES="4",
+        SAMPLE_PRESET="tiny",
         XLA_FLAGS="--xla_force_host_platform_device_count=1",
     )
     run = subprocess.run(
@@ -47,3 +48,5 @@ def test_gpu_session_script_writes_mfu_fit_and_the_checked_step(tmp_path):
         assert row["next_bytes"] is None or row["next_bytes"] > fit["budget_bytes"]
     check = (out / "fit_check.txt").read_text()
     assert f"one step at latent_frames {row['latent_frames']}, remat none" in check and "MFU" in check
+    sample = (out / "sample.txt").read_text()
+    assert "dtype=float32 attention=xla" in sample and "speedup separate / batched" in sample, sample
