@@ -3,7 +3,7 @@
   PYTHONPATH=. taskset -c 0,1 python benchmarks/attention_cpu.py
 
 Prints achieved GFLOP/s (fwd+bwd, and forward alone) of our reference `xla` attention, of the `blocked`
-backend that `auto` picks on CPU (`omnihuman_jax.models.blocked_attention`), of
+backend that `auto` picks on CPU (`omnihuman_jax.models.blocked_attention`, also with other query tiles), of
 jax.nn.dot_product_attention, and of a dense layer of the same block, so the gap between attention and
 matmul throughput is measured side by side in one run; then the forward's parts alone (the Q K^T
 product, which contracts over only the 64-wide head dim, and the softmax), on the whole sequence and on
@@ -14,10 +14,14 @@ import os
 import time
 
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
-import jax
-import jax.numpy as jnp
+from omnihuman_jax import xla_env  # noqa: E402
 
-from omnihuman_jax.models.attention import dot_product_attention
+xla_env.apply(os.environ)  # the XLA:CPU flags launch.train adds, so the kernels timed are the ones it runs
+import jax  # noqa: E402
+import jax.numpy as jnp  # noqa: E402
+
+from omnihuman_jax.models.attention import dot_product_attention  # noqa: E402
+from omnihuman_jax.models.blocked_attention import DEFAULT_BLOCK_Q, blocked_attention  # noqa: E402
 
 B, S, H, D = 1, 1600, 8, 64
 k0 = jax.random.key(0)
@@ -36,6 +40,10 @@ def f_ours(q, k, v):
 
 def f_blocked(q, k, v):
     return (w_out * dot_product_attention(q, k, v, mask, "blocked")).sum()
+
+
+def f_blocked_tiles(block_q: int):
+    return lambda q, k, v: (w_out * blocked_attention(q, k, v, mask, block_q)).sum()
 
 
 def f_jax(q, k, v):
@@ -60,7 +68,9 @@ def best_time(f, *args, repeats: int = 3) -> float:
 
 
 fwd_flops = 4 * B * H * S * S * D
-for name, f in [("ours xla", f_ours), ("ours blocked", f_blocked), ("jax.nn xla", f_jax)]:
+tile_sweep = [(f"ours blocked, tiles of {n} queries", f_blocked_tiles(n)) for n in (128, 256, 1600)]
+kernels = [("ours xla", f_ours), (f"ours blocked (default tiles of {DEFAULT_BLOCK_Q})", f_blocked)]
+for name, f in kernels + tile_sweep + [("jax.nn xla", f_jax)]:
     dt = best_time(jax.value_and_grad(f, argnums=(0, 1, 2)), q, k, v)
     dt_fwd = best_time(f, q, k, v)
     print(

@@ -48,10 +48,11 @@ def test_blocked_attention_without_mask_and_in_bfloat16():
 
 
 def test_query_block_splits_into_near_equal_tiles_of_eights():
-    assert query_block(1600) == 128  # 13 tiles, the last one padded by 64 rows
-    assert query_block(129) == 72  # two tiles, not 128 + 1
+    assert query_block(1600) == 400  # 4 tiles of one head at the small preset's length
+    assert query_block(1600, 128) == 128  # 13 tiles, the last one padded by 64 rows
+    assert query_block(129, 128) == 72  # two tiles, not 128 + 1
     assert query_block(100) == 104
-    assert all(query_block(s) % 8 == 0 and query_block(s) <= 128 for s in range(1, 600))
+    assert all(query_block(s, 128) % 8 == 0 and query_block(s, 128) <= 128 for s in range(1, 600))
 
 
 def test_blocked_on_a_mesh_runs_per_device_and_equals_one_device_with_uneven_batch():
