@@ -26,6 +26,7 @@ from omnihuman_jax.models.attention import QKV_CHECKPOINT_NAMES, resolve_backend
 from omnihuman_jax.models.blocks import DualStreamBlock, SingleStreamBlock
 from omnihuman_jax.models.conditions import AudioProjector, PoseGuider, motion_channels
 from omnihuman_jax.models.layers import MLPEmbedder, dense, layer_norm, timestep_sinusoid
+from omnihuman_jax.models.matmul import DENSE_CHECKPOINT_NAME
 from omnihuman_jax.models.rope import rope_cos_sin, video_and_reference_positions
 from omnihuman_jax.models.text_refiner import TextTokenRefiner
 
@@ -43,19 +44,43 @@ def remat_policy(name: str):
       memory are the same on CPU, where XLA has no memory-space offload, so there it is save_dots.
     """
     policies = jax.checkpoint_policies
+    # The dense layers' matmuls run under a custom VJP (models/matmul.py), where policies see no dot, so
+    # they are saved by name wherever dots are.
+    dense_saved = policies.save_only_these_names(DENSE_CHECKPOINT_NAME)
+    save_dots = policies.save_from_both_policies(policies.checkpoint_dots_with_no_batch_dims, dense_saved)
     if name == "none":
         return None
     if name == "full":
         return policies.nothing_saveable
     if name == "save_dots":
-        return policies.checkpoint_dots_with_no_batch_dims
+        return save_dots
     if name == "save_qkv_proj":
         return policies.save_only_these_names(*QKV_CHECKPOINT_NAMES)
     if name == "offload":
         if jax.default_backend() == "cpu":
-            return policies.checkpoint_dots_with_no_batch_dims
-        return policies.offload_dot_with_no_batch_dims("device", "pinned_host")
+            return save_dots
+        return _offload_dots_and_dense("device", "pinned_host")
     raise ValueError(f"model.remat={name!r}: choose one of {REMAT_POLICIES}")
+
+
+def _offload_dots_and_dense(src: str, dst: str):
+    """Offloads matmul outputs without batch dims and the dense layers' (tagged) outputs from src to dst.
+
+    Written out because `save_from_both_policies` takes only policies that answer True or False.
+    """
+    policies = jax.checkpoint_policies
+    dots = policies.offload_dot_with_no_batch_dims(src, dst)
+    dense = policies.save_and_offload_only_these_names(
+        names_which_can_be_saved=[],
+        names_which_can_be_offloaded=[DENSE_CHECKPOINT_NAME],
+        offload_src=src,
+        offload_dst=dst,
+    )
+
+    def policy(prim, *args, **params):
+        return (dots if prim.name == "dot_general" else dense)(prim, *args, **params)
+
+    return policy
 
 
 @dataclasses.dataclass(frozen=True)

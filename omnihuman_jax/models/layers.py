@@ -14,6 +14,8 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from omnihuman_jax.models.matmul import dense_dot_general
+
 Dtype = jnp.dtype
 
 default_kernel_init = nn.initializers.xavier_uniform()
@@ -29,7 +31,11 @@ def dense(
     zero_init: bool = False,
     name: str | None = None,
 ) -> nn.Dense:
-    """A Dense layer whose kernel is named `axes` = (in, out) and whose bias is named (out,)."""
+    """A Dense layer whose kernel is named `axes` = (in, out) and whose bias is named (out,).
+
+    Its matmul is `models.matmul.dense_dot_general`: the same product, with a backward that writes the
+    weight gradient in the kernel's order.
+    """
     kernel_init = nn.initializers.zeros_init() if zero_init else default_kernel_init
     return nn.Dense(
         features,
@@ -38,6 +44,7 @@ def dense(
         param_dtype=param_dtype,
         kernel_init=nn.with_logical_partitioning(kernel_init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
+        dot_general=dense_dot_general,  # its backward keeps XLA:CPU from transposing activations
         name=name,
     )
 
