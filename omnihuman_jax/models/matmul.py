@@ -1,18 +1,19 @@
 """The dense layers' matmul, with a backward that computes the weight gradient in the kernel's order.
 
-JAX's transpose rule for `x @ w` (x (..., Din), w (Din, Dout)) computes the weight gradient as
-`dot_general(g, x)` contracted over the leading axes, giving (Dout, Din), then transposes it. XLA:CPU
-turns that into a dot whose operand is the activation x transposed to (Din, N), and fuses the transpose
-into the loop that produces x: the step then re-evaluates LayerNorm, modulation and tanh-GELU gradients in
-column order, one strided pass per weight gradient (about 0.4 s of the small preset's 3.5 s step, from a
-profile of the compiled step; docs/performance.md, session 24). Here the backward asks for
+XLA:CPU computes a dot whose operands are both (N, .) with N contracted by first copying one operand to
+(., N), and it fuses that copy into the loop producing the operand. With JAX's own transpose rule for
+`x @ w` (x (..., Din), w (Din, Dout)) the operand it copies is the gradient g of the output: the step then
+re-evaluates the LayerNorm, modulation and residual gradients column by column, one strided pass per
+weight gradient (about 0.4 s of the small preset's 3.5 s step, from a profile of the compiled step;
+docs/performance.md, session 24). Here the backward asks for
 
-    dx = g w^T                          # (..., Din)
-    dw = dot_general(x, g) over (...)   # (Din, Dout): the kernel's own order, no transpose after
+    dx = g w^T                                  # (..., Din)
+    dw = dot_general(x, g) over (...)           # (Din, Dout), when Din <= Dout
+    dw = dot_general(g, x) over (...), then .T  # when Din > Dout: the narrower operand goes first
 
-which is the same arithmetic. `jax.checkpoint` policies only see `dot_general` primitives outside a
-custom VJP, so the output is tagged `DENSE_CHECKPOINT_NAME`, and `remat_policy` (models/dit.py) saves or
-offloads that name wherever it saves or offloads dots.
+which is the same arithmetic: the operand XLA copies is the narrower of x and g. `jax.checkpoint` policies
+only see `dot_general` primitives outside a custom VJP, so the output is tagged `DENSE_CHECKPOINT_NAME`,
+and `remat_policy` (models/dit.py) saves or offloads that name wherever it saves or offloads dots.
 """
 
 from __future__ import annotations
@@ -39,7 +40,10 @@ def _matmul_bwd(residuals, g: jax.Array):
     x, w = residuals
     lead = tuple(range(x.ndim - 1))
     dx = jax.lax.dot_general(g, w, (((g.ndim - 1,), (1,)), ((), ())))  # (..., Din)
-    dw = jax.lax.dot_general(x, g, ((lead, lead), ((), ())))  # (Din, Dout)
+    if x.shape[-1] > g.shape[-1]:  # XLA:CPU transposes the dot's first operand: give it the narrower one
+        dw = jax.lax.dot_general(g, x, ((lead, lead), ((), ()))).T  # (Dout, Din) -> (Din, Dout)
+    else:
+        dw = jax.lax.dot_general(x, g, ((lead, lead), ((), ())))  # (Din, Dout)
     return dx.astype(x.dtype), dw.astype(w.dtype)
 
 

@@ -21,12 +21,13 @@ def _dims(x):
 
 
 @pytest.mark.parametrize("shape", [(6, 5), (2, 7, 5), (2, 3, 4, 5)])
+@pytest.mark.parametrize("dout", [3, 8])  # narrower and wider than Din = 5: both orders of the dw product
 @pytest.mark.parametrize("dtype,tol", [(jnp.float32, 1e-6), (jnp.bfloat16, 2e-2)])
-def test_dense_matmul_value_and_grads_equal_lax_dot_general(shape, dtype, tol):
+def test_dense_matmul_value_and_grads_equal_lax_dot_general(shape, dout, dtype, tol):
     rng = np.random.default_rng(0)
     x = jnp.asarray(rng.normal(size=shape), dtype)
-    w = jnp.asarray(rng.normal(size=(5, 3)), dtype)
-    cot = jnp.asarray(rng.normal(size=(*shape[:-1], 3)), jnp.float32)  # a non-uniform cotangent
+    w = jnp.asarray(rng.normal(size=(5, dout)), dtype)
+    cot = jnp.asarray(rng.normal(size=(*shape[:-1], dout)), jnp.float32)  # a non-uniform cotangent
 
     def loss(dot):
         return lambda x, w: jnp.sum(cot * dot(x, w, _dims(x)).astype(jnp.float32))
@@ -77,7 +78,7 @@ def test_save_dots_keeps_the_dense_outputs_it_kept_before_the_custom_vjp(monkeyp
 
 
 def test_offload_policy_offloads_dense_outputs_and_dots_off_cpu(monkeypatch):
-    """On GPU/TPU `offload` moves dots and the tagged dense outputs to host memory, and recomputes the rest."""
+    """On GPU/TPU `offload` moves dots and tagged dense outputs to host memory, and recomputes the rest."""
     from jax._src import ad_checkpoint
     from jax._src.interpreters import partial_eval as pe
 
