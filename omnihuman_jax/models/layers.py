@@ -33,8 +33,8 @@ def dense(
 ) -> nn.Dense:
     """A Dense layer whose kernel is named `axes` = (in, out) and whose bias is named (out,).
 
-    Its matmul is `models.matmul.dense_dot_general`: the same product, with a backward that writes the
-    weight gradient in the kernel's order.
+    Its matmul is `models.matmul.dense_dot_general`: the same product, with a backward whose weight-gradient
+    product puts the narrower operand first.
     """
     kernel_init = nn.initializers.zeros_init() if zero_init else default_kernel_init
     return nn.Dense(
@@ -44,7 +44,7 @@ def dense(
         param_dtype=param_dtype,
         kernel_init=nn.with_logical_partitioning(kernel_init, axes),
         bias_init=nn.with_logical_partitioning(nn.initializers.zeros_init(), (axes[1],)),
-        dot_general=dense_dot_general,  # its backward keeps XLA:CPU from transposing activations
+        dot_general=dense_dot_general,  # keeps XLA:CPU from re-evaluating gradients column by column
         name=name,
     )
 

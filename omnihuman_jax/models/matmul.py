@@ -1,4 +1,4 @@
-"""The dense layers' matmul, with a backward that computes the weight gradient in the kernel's order.
+"""The dense layers' matmul, with a backward that orders the weight-gradient product for XLA:CPU.
 
 XLA:CPU computes a dot whose operands are both (N, .) with N contracted by first copying one operand to
 (., N), and it fuses that copy into the loop producing the operand. With JAX's own transpose rule for
