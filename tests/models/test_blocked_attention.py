@@ -10,6 +10,7 @@ import pytest
 
 from omnihuman_jax import sharding as shd
 from omnihuman_jax.models import attention as attn
+from omnihuman_jax.models import blocked_attention as blocked_module
 from omnihuman_jax.models.blocked_attention import blocked_attention, query_block
 from tests.model_fixtures import tiny_config
 from tests.models.test_attention import _assert_close, _model_mask, _qkv, numpy_attention
@@ -45,6 +46,37 @@ def test_blocked_attention_without_mask_and_in_bfloat16():
     low = blocked_attention(*(x.astype(jnp.bfloat16) for x in (q, k, v)), None, 8)
     assert low.dtype == jnp.bfloat16
     _assert_close(low.astype(jnp.float32), got, 3e-2, "bfloat16 inputs")
+
+
+@pytest.mark.parametrize("safe_bound", [float("inf"), float("-inf")], ids=["bound_shift", "row_max"])
+def test_each_softmax_shift_equals_the_oracle_in_value_and_gradient(monkeypatch, safe_bound):
+    """inf: every tile shifts by its Cauchy-Schwarz bound; -inf: every tile by its row max."""
+    monkeypatch.setattr(blocked_module, "SAFE_LOGIT_BOUND", safe_bound)
+    q, k, v = _qkv(s=40, d=16)
+    mask = _model_mask()
+    got = blocked_attention(q, k, v, jnp.asarray(mask), 16)
+    _assert_close(got, numpy_attention(q, k, v, mask), 1e-5, f"forward, SAFE_LOGIT_BOUND={safe_bound}")
+    w = jnp.asarray(np.random.default_rng(3).normal(size=q.shape), jnp.float32)
+    grads = jax.grad(lambda *a: jnp.sum(w * blocked_attention(*a, jnp.asarray(mask), 16)), (0, 1, 2))(q, k, v)
+    want = jax.grad(lambda *a: jnp.sum(w * attn.xla_attention(*a, jnp.asarray(mask))), (0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", grads, want, strict=True):
+        _assert_close(a, b, 1e-5, f"d{name}, SAFE_LOGIT_BOUND={safe_bound}")
+
+
+def test_long_queries_and_keys_fall_back_to_the_row_max_and_stay_exact():
+    """Logits near +-200: a shift by the bound (about 200) would underflow every exp of the opposed rows."""
+    rng = np.random.default_rng(4)
+    b, s, h, d = 1, 24, 2, 16
+    u = rng.normal(size=(d,)).astype(np.float32)
+    u *= 20.0 / np.linalg.norm(u)  # |u| = 20, so |q_i| |k_j| / sqrt(d) = 100 before the noise
+    k = np.broadcast_to(u, (b, s, h, d)) + 0.1 * rng.normal(size=(b, s, h, d)).astype(np.float32)
+    signs = np.where(np.arange(s) % 2 == 0, 1.0, -1.0).astype(np.float32)[None, :, None, None]
+    q = 2.0 * signs * np.broadcast_to(u, (b, s, h, d))  # even rows aligned with every key, odd rows opposed
+    v = rng.normal(size=(b, s, h, d)).astype(np.float32)
+    mask = np.ones((b, s), bool)
+    got = blocked_attention(*(jnp.asarray(x) for x in (q, k, v)), jnp.asarray(mask), 8)
+    assert bool(jnp.all(jnp.isfinite(got))), "large logits gave non-finite outputs"
+    _assert_close(got, numpy_attention(q, k, v, mask), 1e-4, "large logits (row-max fallback)")
 
 
 def test_query_block_splits_into_near_equal_tiles_of_eights():
