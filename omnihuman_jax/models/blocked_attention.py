@@ -16,11 +16,12 @@ Tiling per head rather than per batch row (all heads of a tile at once, 8x the l
 The softmax needs a shift c_i >= the row's largest logit so that exp cannot overflow; the row max is
 the usual choice, but on XLA:CPU it costs a reduction pass over the (bq, Sk) logits. Any c_i gives the same
 probabilities exp(l - c_i) / sum exp(l - c_i) as long as nothing underflows, so a tile whose queries and
-keys are short uses the Cauchy-Schwarz bound c_i = |q_i| max_j |k_j| >= q_i . k_j instead (masked keys
-only lower a logit). With c_i <= SAFE_LOGIT_BOUND every unmasked logit lies in [-c_i, c_i], so every
-exp(l - c_i) is at least e^-40 and no term underflows; QK-normalised queries and keys at init give bounds
-near 8. A tile with a larger bound takes the row max, as before (a `lax.cond` per tile). On the 2-core CPU
-this made the forward 15% faster at the small preset's shape (benchmarks/attention_cpu.py, session 25).
+keys are short uses the Cauchy-Schwarz bound c_i = |q_i| max_j |k_j| >= q_i . k_j instead, the max taken
+over unmasked keys (masked keys only lower a logit, and so cannot change the result, to the bit). With
+c_i <= SAFE_LOGIT_BOUND every unmasked logit lies in [-c_i, c_i], so every exp(l - c_i) is at least e^-40
+and no term underflows; QK-normalised queries and keys at init give bounds near 8. A tile with a larger
+bound takes the row max, as before (a `lax.cond` per tile). On the 2-core CPU this made the forward 15%
+faster at the small preset's shape (benchmarks/attention_cpu.py, session 25).
 
 The backward (a `jax.custom_vjp`) recomputes each tile's probabilities from the saved log-sum-exp instead
 of storing them, as FlashAttention's does:
@@ -91,7 +92,8 @@ def _untile(x: jax.Array, s: int) -> jax.Array:
 
 def _head_forward(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, bq: int):
     """One (batch row, head): q (Sq, D), k/v (Sk, D), bias (1, Sk) -> out (Sq, D), lse (Sq, 1)."""
-    k_norm_max = jnp.sqrt(jnp.max(jnp.sum(k * k, axis=-1)))  # ()
+    valid = bias[0] == 0.0  # (Sk,): masked keys take no part in the bound, so they cannot change the result
+    k_norm_max = jnp.sqrt(jnp.max(jnp.where(valid, jnp.sum(k * k, axis=-1), 0.0)))  # ()
 
     def tile(q_tile):  # (bq, D)
         logits = q_tile @ k.T + bias  # (bq, Sk)

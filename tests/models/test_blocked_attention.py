@@ -63,6 +63,16 @@ def test_each_softmax_shift_equals_the_oracle_in_value_and_gradient(monkeypatch,
         _assert_close(a, b, 1e-5, f"d{name}, SAFE_LOGIT_BOUND={safe_bound}")
 
 
+def test_masked_keys_leave_the_output_unchanged_to_the_bit():
+    """The softmax shift's bound ignores masked keys, so even very long ones change nothing."""
+    q, k, v = _qkv(s=40, d=16)
+    mask = _model_mask()
+    far = np.where(mask[:, :, None, None], 1.0, 100.0).astype(np.float32)  # masked keys 100x longer
+    a = blocked_attention(q, k, v, jnp.asarray(mask), 16)
+    b = blocked_attention(q, k * far, v * far, jnp.asarray(mask), 16)
+    np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
 def test_long_queries_and_keys_fall_back_to_the_row_max_and_stay_exact():
     """Logits near +-200: a shift by the bound (about 200) would underflow every exp of the opposed rows."""
     rng = np.random.default_rng(4)
