@@ -21,7 +21,8 @@ over unmasked keys (masked keys only lower a logit, and so cannot change the res
 c_i <= SAFE_LOGIT_BOUND every unmasked logit lies in [-c_i, c_i], so every exp(l - c_i) is at least e^-40
 and no term underflows; QK-normalised queries and keys at init give bounds near 8. A tile with a larger
 bound takes the row max, as before (a `lax.cond` per tile). On the 2-core CPU this made the forward 15%
-faster at the small preset's shape (benchmarks/attention_cpu.py, session 25).
+faster at the small preset's shape (benchmarks/attention_cpu.py, session 25). A head whose keys are all
+masked gets zero logits: the reference path's mean of v, with no gradient to q or k.
 
 The backward (a `jax.custom_vjp`) recomputes each tile's probabilities from the saved log-sum-exp instead
 of storing them, as FlashAttention's does:
@@ -90,8 +91,20 @@ def _untile(x: jax.Array, s: int) -> jax.Array:
     return x.reshape(n * bq, c)[:s]
 
 
+def _all_masked_as_uniform(q: jax.Array, bias: jax.Array) -> tuple[jax.Array, jax.Array, jax.Array]:
+    """A head whose keys are all masked (context parallelism's padded rows) -> q and bias of zeros.
+
+    The reference path gives such a row the mean of v, with no gradient to q or k; zero logits give
+    exactly that (the caller zeroes dq), where the f32-minimum bias would lose the log-sum-exp's log(Sk)
+    to rounding. Returns (q, bias, any_valid ()).
+    """
+    any_valid = jnp.any(bias == 0.0)
+    return jnp.where(any_valid, q, 0.0), jnp.where(any_valid, bias, 0.0), any_valid
+
+
 def _head_forward(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, bq: int):
     """One (batch row, head): q (Sq, D), k/v (Sk, D), bias (1, Sk) -> out (Sq, D), lse (Sq, 1)."""
+    q, bias, _ = _all_masked_as_uniform(q, bias)
     valid = bias[0] == 0.0  # (Sk,): masked keys take no part in the bound, so they cannot change the result
     k_norm_max = jnp.sqrt(jnp.max(jnp.where(valid, jnp.sum(k * k, axis=-1), 0.0)))  # ()
 
@@ -113,6 +126,7 @@ def _head_forward(q: jax.Array, k: jax.Array, v: jax.Array, bias: jax.Array, bq:
 
 def _head_backward(q, k, v, bias, out, lse, do, bq: int):
     """Gradients of one (batch row, head) (shapes as `_head_forward`) -> dq, dk, dv."""
+    q, bias, any_valid = _all_masked_as_uniform(q, bias)
     delta = jnp.sum(do * out, axis=-1, keepdims=True)  # (Sq, 1)
 
     def tile(carry, xs):
@@ -126,7 +140,7 @@ def _head_backward(q, k, v, bias, out, lse, do, bq: int):
 
     xs = tuple(_tiles(x, bq) for x in (q, do, lse, delta))
     (dk, dv), dq = jax.lax.scan(tile, (jnp.zeros_like(k), jnp.zeros_like(v)), xs)
-    return _untile(dq, q.shape[0]), dk, dv
+    return jnp.where(any_valid, _untile(dq, q.shape[0]), 0.0), dk, dv  # dk: q is zero when none is valid
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(4,))

@@ -73,6 +73,25 @@ def test_masked_keys_leave_the_output_unchanged_to_the_bit():
     np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
 
 
+def test_a_row_with_every_key_masked_stays_finite_and_equals_the_reference_path():
+    """Context parallelism pads the batch with rows whose keys are all masked."""
+    q, k, v = _qkv(s=24, d=16)
+    mask = np.ones((2, 24), bool)
+    mask[1] = False
+    w = jnp.asarray(np.random.default_rng(5).normal(size=q.shape), jnp.float32)
+
+    def loss(kernel):
+        return lambda *a: jnp.sum(w * kernel(*a, jnp.asarray(mask)))
+
+    got = blocked_attention(q, k, v, jnp.asarray(mask), 8)
+    assert bool(jnp.all(jnp.isfinite(got))), "a fully masked row gave non-finite outputs"
+    _assert_close(got, attn.xla_attention(q, k, v, jnp.asarray(mask)), 1e-5, "fully masked row vs xla")
+    grads = jax.grad(loss(lambda *a: blocked_attention(*a, 8)), (0, 1, 2))(q, k, v)
+    want = jax.grad(loss(attn.xla_attention), (0, 1, 2))(q, k, v)
+    for name, a, b in zip("qkv", grads, want, strict=True):
+        _assert_close(a, b, 1e-5, f"d{name} with a fully masked row")
+
+
 def test_long_queries_and_keys_fall_back_to_the_row_max_and_stay_exact():
     """Logits near +-200: a shift by the bound (about 200) would underflow every exp of the opposed rows."""
     rng = np.random.default_rng(4)
