@@ -91,7 +91,12 @@ def timed(fn, steps: int, warmup: int) -> list[float]:
     return times
 
 
-def our_step(args) -> tuple[list[float], float, object]:
+def build_our_step(args) -> dict:
+    """Our jitted train step and its inputs for `args` (preset, stage, batch, remat, dtype, attention...).
+
+    Returns step (jit_train_step's callable), state, device_batch, config, flops (model FLOPs per step),
+    and what benchmarks.step_floor needs to trace it: step_fn (unjitted), optimizer, mesh, rules.
+    """
     import jax
     import numpy as np
 
@@ -123,14 +128,33 @@ def our_step(args) -> tuple[list[float], float, object]:
     batch["condition_mask"][:] = True
     batch["text_mask"][:] = True
     state, shardings = init_train_state(model, optimizer, sample_model_inputs(batch), 0, mesh, rules)
+    step_fn = make_train_step(model, optimizer, config, 1.0, lr_schedule(config.optimizer, 100))
     step = jit_train_step(
-        make_train_step(model, optimizer, config, 1.0, lr_schedule(config.optimizer, 100)),
+        step_fn,
         shardings,
         batch,
         mesh,
         rules,
     )
-    device_batch = shd.shard_batch(batch, mesh)
+    parts = dict(audio=False, pose=False) if args.no_audio_pose else {}
+    return dict(
+        step=step,
+        step_fn=step_fn,
+        state=state,
+        device_batch=shd.shard_batch(batch, mesh),
+        config=config,
+        flops=flops_lib.train_flops_per_step(config, args.batch_size, **parts),
+        optimizer=optimizer,
+        mesh=mesh,
+        rules=rules,
+    )
+
+
+def our_step(args) -> tuple[list[float], float, object]:
+    import jax
+
+    built = build_our_step(args)
+    step, state, device_batch = built["step"], built["state"], built["device_batch"]
     t0 = time.perf_counter()
     compiled = step.lower(state, device_batch).compile()
     compile_s = time.perf_counter() - t0
@@ -141,10 +165,8 @@ def our_step(args) -> tuple[list[float], float, object]:
         jax.block_until_ready(metrics["loss"])
 
     times = timed(run, args.steps, args.warmup)
-    parts = dict(audio=False, pose=False) if args.no_audio_pose else {}
-    flops = flops_lib.train_flops_per_step(config, args.batch_size, **parts)
     del compiled
-    return times, compile_s, (config, flops)
+    return times, compile_s, (built["config"], built["flops"])
 
 
 def hunyuan_transformer(config):

@@ -105,6 +105,25 @@ def _bucket_metrics(per_sample: jax.Array, t: jax.Array, n: int) -> dict[str, ja
     return {"loss_bucket_sum": per_sample @ onehot, "loss_bucket_count": onehot.sum(0)}
 
 
+def make_update(optimizer: optax.GradientTransformation, config: Any) -> Callable:
+    """(params, opt_state, ema_params, grads) -> the three updated: optimizer step, then the EMA."""
+    ema_decay = float(config.optimizer.ema_decay)
+    multipliers = config.optimizer.get("lr_multipliers", "")
+
+    def update(params, opt_state, ema_params, grads):
+        updates, new_opt = optimizer.update(grads, opt_state, params)
+        # Per-parameter rate multipliers scale the final updates (weight decay included), which is a
+        # per-parameter learning rate; the optimizer state is the same with or without them.
+        mult = lr_multiplier_tree(params, multipliers)
+        if mult is not None:
+            updates = jax.tree.map(lambda u, m: u * m, updates, mult)
+        new_params = optax.apply_updates(params, updates)
+        new_ema = jax.tree.map(lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, ema_params, new_params)
+        return new_params, new_opt, new_ema
+
+    return update
+
+
 def make_train_step(
     model: nn.Module,
     optimizer: optax.GradientTransformation,
@@ -115,7 +134,7 @@ def make_train_step(
     """The pure (unjitted) step function."""
     loss_fn = make_loss_fn(model, config)
     k = int(config.optimizer.grad_accum_steps)
-    ema_decay = float(config.optimizer.ema_decay)
+    update = make_update(optimizer, config)
 
     def train_step(state: TrainState, batch: Batch):
         batch = draw_flow_noise(batch, step_rng(config.seed, state.step), config, shift)
@@ -124,22 +143,9 @@ def make_train_step(
         grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
-        def apply_update(_):
-            updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
-            # Per-parameter rate multipliers scale the final updates (weight decay included), which is
-            # a per-parameter learning rate; the optimizer state is the same with or without them.
-            mult = lr_multiplier_tree(state.params, config.optimizer.get("lr_multipliers", ""))
-            if mult is not None:
-                updates = jax.tree.map(lambda u, m: u * m, updates, mult)
-            new_params = optax.apply_updates(state.params, updates)
-            new_ema = jax.tree.map(
-                lambda e, p: ema_decay * e + (1.0 - ema_decay) * p, state.ema_params, new_params
-            )
-            return new_params, new_opt, new_ema
-
         # A non-finite step leaves params, optimizer state and EMA as they were.
         old = (state.params, state.opt_state, state.ema_params)
-        params, opt_state, ema_params = update_if_finite(finite, apply_update, old)
+        params, opt_state, ema_params = update_if_finite(finite, lambda _: update(*old, grads), old)
         new_state = TrainState(
             step=state.step + 1,
             params=params,
