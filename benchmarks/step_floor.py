@@ -24,25 +24,19 @@ import collections
 import sys
 import time
 
-from benchmarks.train_step import build_our_step, diffusers_step, set_thread_env
-from benchmarks.train_step import parse_args as train_step_args
+from benchmarks.train_step import build_our_step, diffusers_step, make_parser, set_thread_env
 
 MATMULS = ("dot_general", "conv_general_dilated")
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--preset", default="small", help="model preset (default small)")
-    p.add_argument("--stage", type=int, default=1, help="training stage 1-3 (default 1, as train_step)")
-    p.add_argument("--threads", type=int, default=2, help="intra-op threads (default 2)")
+    """This script's options, then train_step's (preset, stage, threads, remat, attention, ...)."""
+    parent = make_parser(add_help=False, description=None)
+    p = argparse.ArgumentParser(
+        description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[parent]
+    )
     p.add_argument("--min_time", type=float, default=0.3, help="seconds each product is run for (best kept)")
     p.add_argument("--top", type=int, default=12, help="how many of the costliest products to list")
-    p.add_argument("--no_audio_pose", action="store_true", help="drop our audio and pose modules")
-    p.add_argument(
-        "--skip_torch",
-        action="store_true",
-        help="do not time diffusers' step at the same latent shape (which the floor is compared with)",
-    )
     return p.parse_args(argv)
 
 
@@ -155,7 +149,7 @@ def time_update(built, min_time: float) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     args = parse_args(argv)
-    set_thread_env(args.threads, "", "cpu", launcher_flags=True)
+    set_thread_env(args.threads, args.xla_flags, args.platform, args.launcher_flags)
     import flax.linen as nn
     import jax
     import jax.numpy as jnp
@@ -164,10 +158,8 @@ def main(argv: list[str] | None = None) -> int:
     from omnihuman_jax import sharding as shd
     from omnihuman_jax.metrics import measure_matmul_peak
 
-    step_args = [f"--preset={args.preset}", f"--stage={args.stage}", f"--threads={args.threads}"]
-    step_args = train_step_args(step_args + (["--no_audio_pose"] if args.no_audio_pose else []))
-    built = build_our_step(step_args)
-    peaks = [measure_matmul_peak(dtype=jnp.float32, repeats=5)]
+    built = build_our_step(args)
+    peaks = [measure_matmul_peak(dtype=jnp.dtype(args.dtype), repeats=5)]
     with jax.set_mesh(built["mesh"]), nn.logical_axis_rules(shd.rules_tuple(built["rules"])):
         jaxpr = built["step"].jitted.trace(built["state"], built["device_batch"]).jaxpr.jaxpr
     counts = collect_matmuls(jaxpr)
@@ -176,7 +168,7 @@ def main(argv: list[str] | None = None) -> int:
         seconds = time_matmul(key, args.min_time)
         rows.append((n * seconds, n, seconds, key))
     update_s = time_update(built, 3 * args.min_time)
-    peaks.append(measure_matmul_peak(dtype=jnp.float32, repeats=5))
+    peaks.append(measure_matmul_peak(dtype=jnp.dtype(args.dtype), repeats=5))
     peak, flops = max(peaks), built["flops"]
     matmul_s = sum(r[0] for r in rows)
     matmul_flops = sum(_flops(k) * n for k, n in counts.items())
@@ -202,7 +194,7 @@ def main(argv: list[str] | None = None) -> int:
     theirs = (
         None
         if args.skip_torch
-        else diffusers_step(step_args, built["config"], built["config"].shape.latent_frames)
+        else diffusers_step(args, built["config"], built["config"].shape.latent_frames)
     )
     if theirs:
         median = float(np.median(theirs))

@@ -24,8 +24,10 @@ import time
 DEFAULT_XLA_FLAGS = ""
 
 
-def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+def make_parser(**kwargs) -> argparse.ArgumentParser:
+    """The step's options; benchmarks.step_floor takes them too (as a parent, with add_help=False)."""
+    kwargs.setdefault("description", __doc__)
+    p = argparse.ArgumentParser(formatter_class=argparse.RawDescriptionHelpFormatter, **kwargs)
     p.add_argument("--preset", default="small", help="model preset from configs/presets.py (default small)")
     p.add_argument("--stage", type=int, default=1, help="training stage 1-3: which conditions are active")
     p.add_argument("--batch_size", type=int, default=1, help="global batch (default 1)")
@@ -56,7 +58,11 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         action="store_true",
         help="drop our audio and pose modules (closest to the plain HunyuanVideo graph)",
     )
-    return p.parse_args(argv)
+    return p
+
+
+def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
+    return make_parser().parse_args(argv)
 
 
 def set_thread_env(threads: int, xla_flags: str, platform: str = "cpu", launcher_flags: bool = False) -> None:
