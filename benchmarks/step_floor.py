@@ -14,7 +14,8 @@ reads and writes every parameter, moment and EMA buffer, is timed alone on donat
 Floor = sum of the products' times (+ the update): the step's time if softmax, norms, modulation,
 activations, transposes and copies cost nothing and every product ran as fast as it does alone. It is
 an optimistic bound: the step itself cannot run faster on these kernels. Printed as MFU against a
-2048^3 matmul peak measured in the same run (before and after; the higher is used, as train_step does).
+square matmul peak (2048^3 on CPU) measured in the same run (before and after; the higher is used, as
+train_step does).
 """
 
 from __future__ import annotations
@@ -74,12 +75,25 @@ def _key(eqn):
     return eqn.primitive, avals, params, tuple(o.aval.shape for o in eqn.outvars)
 
 
+class _Unhashable:
+    """An unhashable equation parameter, hashed by its repr: the walk's keys must be hashable."""
+
+    def __init__(self, value):
+        self.value = value
+
+    def __hash__(self) -> int:
+        return hash(repr(self.value))
+
+    def __eq__(self, other) -> bool:
+        return isinstance(other, _Unhashable) and repr(self.value) == repr(other.value)
+
+
 def _hashable(v):
     try:
         hash(v)
         return v
     except TypeError:
-        return repr(v)
+        return _Unhashable(v)
 
 
 def _flops(key) -> int:
@@ -110,8 +124,8 @@ def time_matmul(key, min_time: float) -> float:
 
     prim, avals, params, _ = key
     rng = np.random.default_rng(0)
-    args = [jax.device_put(rng.standard_normal(s).astype(d)) for s, d in avals]
-    kw = {k: v for k, v in params}
+    args = [jax.device_put(rng.standard_normal(s).astype(jax.numpy.dtype(d))) for s, d in avals]
+    kw = {k: v.value if isinstance(v, _Unhashable) else v for k, v in params}
     run = jax.jit(lambda *xs: prim.bind(*xs, **kw))
     noop = jax.jit(lambda *xs: xs[0].reshape(-1)[:1])
     return max(_best(run, args, min_time) - _best(noop, args, 0.05), 0.0)
@@ -128,7 +142,7 @@ def _best(fn, args, min_time: float) -> float:
 
 
 def time_update(built, min_time: float) -> float:
-    """Best seconds of the optimizer update (AdamW, EMA) alone on the step's donated state."""
+    """Best seconds of the optimizer update (clipping, AdamW, EMA) alone on the step's donated state."""
     import jax
 
     from omnihuman_jax.train_step import make_update
@@ -156,7 +170,7 @@ def main(argv: list[str] | None = None) -> int:
     import numpy as np
 
     from omnihuman_jax import sharding as shd
-    from omnihuman_jax.metrics import measure_matmul_peak
+    from omnihuman_jax.metrics import measure_matmul_peak, peak_matmul_size
 
     built = build_our_step(args)
     peaks = [measure_matmul_peak(dtype=jnp.dtype(args.dtype), repeats=5)]
@@ -175,11 +189,11 @@ def main(argv: list[str] | None = None) -> int:
 
     print(
         f"preset={args.preset} stage={args.stage} threads={args.threads}: {len(counts)} distinct products, "
+        f"{sum(counts.values())} run per step, {matmul_flops / 1e9:.1f} GFLOP executed (model FLOPs "
+        f"{flops / 1e9:.1f} G; the attention backward recomputes its logits)"
     )
-    print(f"{sum(counts.values())} run per step, {matmul_flops / 1e9:.1f} GFLOP executed (model FLOPs")
-    print(f"{flops / 1e9:.1f} G: the difference is the attention backward's recomputed logits)")
     print(
-        f"matmul peak (2048^3): {peak / 1e9:.1f} GFLOP/s "
+        f"matmul peak ({peak_matmul_size(jax.devices()[0].platform)}^3): {peak / 1e9:.1f} GFLOP/s "
         f"(before {peaks[0] / 1e9:.1f}, after {peaks[1] / 1e9:.1f})"
     )
     print(f"\n{'share':>6} {'count':>5} {'ms each':>8} {'GFLOP/s':>8}  product (input shapes)")
