@@ -7,15 +7,16 @@ This script bounds what any XLA:CPU step of this model can reach. It traces one 
 one `benchmarks/train_step.py` times: forward, backward, AdamW, clipping, EMA), walks its jaxpr (a scan
 multiplies its body by its length, a `lax.cond` counts its cheapest branch) and collects every
 `dot_general` and convolution with its operand shapes. Each distinct product is then run alone with XLA at
-those shapes, its inputs hot in cache, and its best time kept, less the cost of calling a trivial jitted
-function with the same arguments. The optimizer update (`omnihuman_jax.train_step.make_update`), which
-reads and writes every parameter, moment and EMA buffer, is timed alone on donated state.
+those shapes, its inputs hot in cache, and its best time over `--rounds` sweeps kept, less the cost of
+calling a trivial jitted function with the same arguments. The optimizer update
+(`omnihuman_jax.train_step.make_update`), which reads and writes every parameter, moment and EMA buffer,
+is timed alone on donated state, also best of the sweeps.
 
 Floor = sum of the products' times (+ the update): the step's time if softmax, norms, modulation,
 activations, transposes and copies cost nothing and every product ran as fast as it does alone. It is
 an optimistic bound: the step itself cannot run faster on these kernels. Printed as MFU against a
-square matmul peak (2048^3 on CPU) measured in the same run (before and after; the higher is used, as
-train_step does).
+square matmul peak (2048^3 on CPU) measured in the same run (before each sweep and after the last; the
+highest reading is used, as train_step does).
 """
 
 from __future__ import annotations
@@ -37,6 +38,13 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter, parents=[parent]
     )
     p.add_argument("--min_time", type=float, default=0.3, help="seconds each product is run for (best kept)")
+    p.add_argument(
+        "--rounds",
+        type=int,
+        default=3,
+        help="sweeps over all products (and peak readings); each product's best over all is kept, so a "
+        "slow spell of the host in one sweep does not raise the floor",
+    )
     p.add_argument("--top", type=int, default=12, help="how many of the costliest products to list")
     return p.parse_args(argv)
 
@@ -117,8 +125,9 @@ def _flops(key) -> int:
     return 2 * out_size * k
 
 
-def time_matmul(key, min_time: float) -> float:
-    """Best seconds of one run of the product alone, less the call overhead of a trivial jitted fn."""
+def matmul_timer(key):
+    """A function of min_time: best seconds of one run of the product alone, less the call overhead of
+    a trivial jitted function with the same arguments."""
     import jax
     import numpy as np
 
@@ -128,7 +137,7 @@ def time_matmul(key, min_time: float) -> float:
     kw = {k: v.value if isinstance(v, _Unhashable) else v for k, v in params}
     run = jax.jit(lambda *xs: prim.bind(*xs, **kw))
     noop = jax.jit(lambda *xs: xs[0].reshape(-1)[:1])
-    return max(_best(run, args, min_time) - _best(noop, args, 0.05), 0.0)
+    return lambda min_time: max(_best(run, args, min_time) - _best(noop, args, 0.05), 0.0)
 
 
 def _best(fn, args, min_time: float) -> float:
@@ -150,7 +159,8 @@ def time_update(built, min_time: float) -> float:
     state = built["state"]
     update = jax.jit(make_update(built["optimizer"], built["config"]), donate_argnums=(0, 1, 2))
     grads = jax.tree.map(lambda p: p * 1e-3, state.params)
-    held = (jax.tree.map(jax.numpy.copy, state.params), state.opt_state, state.ema_params)
+    # Copies: the update donates them, and the state is reused by the next sweep.
+    held = jax.tree.map(jax.numpy.copy, (state.params, state.opt_state, state.ema_params))
     held = update(*held, grads)
     best, t_end = float("inf"), time.perf_counter() + min_time
     while time.perf_counter() < t_end:
@@ -173,16 +183,19 @@ def main(argv: list[str] | None = None) -> int:
     from omnihuman_jax.metrics import measure_matmul_peak, peak_matmul_size
 
     built = build_our_step(args)
-    peaks = [measure_matmul_peak(dtype=jnp.dtype(args.dtype), repeats=5)]
     with jax.set_mesh(built["mesh"]), nn.logical_axis_rules(shd.rules_tuple(built["rules"])):
         jaxpr = built["step"].jitted.trace(built["state"], built["device_batch"]).jaxpr.jaxpr
     counts = collect_matmuls(jaxpr)
-    rows = []
-    for key, n in counts.items():
-        seconds = time_matmul(key, args.min_time)
-        rows.append((n * seconds, n, seconds, key))
-    update_s = time_update(built, 3 * args.min_time)
+    timers = {key: matmul_timer(key) for key in counts}
+    best = dict.fromkeys(counts, float("inf"))
+    peaks, update_s = [], float("inf")
+    for _ in range(args.rounds):
+        peaks.append(measure_matmul_peak(dtype=jnp.dtype(args.dtype), repeats=5))
+        for key, timer in timers.items():
+            best[key] = min(best[key], timer(args.min_time))
+        update_s = min(update_s, time_update(built, 3 * args.min_time))
     peaks.append(measure_matmul_peak(dtype=jnp.dtype(args.dtype), repeats=5))
+    rows = [(n * best[key], n, best[key], key) for key, n in counts.items()]
     peak, flops = max(peaks), built["flops"]
     matmul_s = sum(r[0] for r in rows)
     matmul_flops = sum(_flops(k) * n for k, n in counts.items())
@@ -194,7 +207,7 @@ def main(argv: list[str] | None = None) -> int:
     )
     print(
         f"matmul peak ({peak_matmul_size(jax.devices()[0].platform)}^3): {peak / 1e9:.1f} GFLOP/s "
-        f"(before {peaks[0] / 1e9:.1f}, after {peaks[1] / 1e9:.1f})"
+        f"(highest of {len(peaks)} readings, lowest {min(peaks) / 1e9:.1f}; {args.rounds} rounds)"
     )
     print(f"\n{'share':>6} {'count':>5} {'ms each':>8} {'GFLOP/s':>8}  product (input shapes)")
     for total, n, seconds, key in sorted(rows, key=lambda r: r[0], reverse=True)[: args.top]:

@@ -77,7 +77,15 @@ def test_walk_of_the_tiny_model_finds_its_analytic_flops_and_the_step_about_thre
 
 def test_script_prints_the_floor_and_its_mfu_bound_on_the_tiny_preset():
     run = subprocess.run(
-        [sys.executable, "-m", "benchmarks.step_floor", "--preset=tiny", "--threads=1", "--min_time=0.01"]
+        [
+            sys.executable,
+            "-m",
+            "benchmarks.step_floor",
+            "--preset=tiny",
+            "--threads=1",
+            "--min_time=0.01",
+            "--rounds=2",
+        ]
         + ["--skip_torch"],
         cwd=ROOT,
         capture_output=True,
