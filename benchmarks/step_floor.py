@@ -153,19 +153,21 @@ def _best(fn, args, min_time: float) -> float:
 def time_update(built, min_time: float) -> float:
     """Best seconds of the optimizer update (clipping, AdamW, EMA) alone on the step's donated state."""
     import jax
+    import optax
 
     from omnihuman_jax.train_step import make_update
 
     state = built["state"]
     update = jax.jit(make_update(built["optimizer"], built["config"]), donate_argnums=(0, 1, 2))
     grads = jax.tree.map(lambda p: p * 1e-3, state.params)
+    grad_norm = optax.tree.norm(grads)  # the step computes it before the update, for its NaN guard
     # Copies: the update donates them, and the state is reused by the next sweep.
     held = jax.tree.map(jax.numpy.copy, (state.params, state.opt_state, state.ema_params))
-    held = update(*held, grads)
+    held = update(*held, grads, grad_norm)
     best, t_end = float("inf"), time.perf_counter() + min_time
     while time.perf_counter() < t_end:
         t0 = time.perf_counter()
-        held = update(*held, grads)
+        held = update(*held, grads, grad_norm)
         jax.block_until_ready(held)
         best = min(best, time.perf_counter() - t0)
     return best

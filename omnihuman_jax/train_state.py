@@ -49,12 +49,37 @@ def _decay_mask(params: Any) -> Any:
     return jax.tree.map(lambda p: p.ndim >= 2, params)
 
 
+def clip_by_global_norm(max_norm: float) -> optax.GradientTransformationExtraArgs:
+    """`optax.clip_by_global_norm`, which also takes the global norm the caller already has (`grad_norm=`).
+
+    The train steps compute the gradient's norm outside their NaN guard's `lax.cond` (for the guard and the
+    metric), and XLA shares no computation across a cond, so optax's clipping inside it read every
+    gradient a second time for the same number. Given the norm, the clipping is the same select as
+    optax's; its state is the same empty state, so checkpoints do not change.
+    """
+    inner = optax.clip_by_global_norm(max_norm)
+
+    def update(updates, state, params=None, *, grad_norm: jax.Array | None = None, **extra_args):
+        del extra_args
+        if grad_norm is None:
+            return inner.update(updates, state, params)
+        keep = grad_norm < max_norm
+        return jax.tree.map(
+            lambda t: jax.lax.select(keep, t, (t / grad_norm.astype(t.dtype)) * max_norm), updates
+        ), state
+
+    return optax.GradientTransformationExtraArgs(inner.init, update)
+
+
 def make_optimizer(
     opt_cfg: Any, total_steps: int, schedule: optax.Schedule | None = None
-) -> optax.GradientTransformation:
-    """AdamW on `schedule` (default: `lr_schedule(opt_cfg, total_steps)`) after global-norm clipping."""
+) -> optax.GradientTransformationExtraArgs:
+    """AdamW on `schedule` (default: `lr_schedule(opt_cfg, total_steps)`) after global-norm clipping.
+
+    `update(grads, state, params, grad_norm=optax.tree.norm(grads))` skips the clipping's own norm pass.
+    """
     return optax.chain(
-        optax.clip_by_global_norm(opt_cfg.grad_clip),
+        clip_by_global_norm(opt_cfg.grad_clip),
         optax.adamw(
             schedule or lr_schedule(opt_cfg, total_steps),
             b1=opt_cfg.b1,

@@ -106,12 +106,16 @@ def _bucket_metrics(per_sample: jax.Array, t: jax.Array, n: int) -> dict[str, ja
 
 
 def make_update(optimizer: optax.GradientTransformation, config: Any) -> Callable:
-    """(params, opt_state, ema_params, grads) -> the three updated: optimizer step, then the EMA."""
+    """(params, opt_state, ema_params, grads, grad_norm) -> the three updated: optimizer step, then the EMA.
+
+    grad_norm: `optax.tree.norm(grads)`, which the step already has; None lets the clipping compute it.
+    """
     ema_decay = float(config.optimizer.ema_decay)
     multipliers = config.optimizer.get("lr_multipliers", "")
 
-    def update(params, opt_state, ema_params, grads):
-        updates, new_opt = optimizer.update(grads, opt_state, params)
+    def update(params, opt_state, ema_params, grads, grad_norm=None):
+        extra = {} if grad_norm is None else {"grad_norm": grad_norm}
+        updates, new_opt = optimizer.update(grads, opt_state, params, **extra)
         # Per-parameter rate multipliers scale the final updates (weight decay included), which is a
         # per-parameter learning rate; the optimizer state is the same with or without them.
         mult = lr_multiplier_tree(params, multipliers)
@@ -145,7 +149,9 @@ def make_train_step(
 
         # A non-finite step leaves params, optimizer state and EMA as they were.
         old = (state.params, state.opt_state, state.ema_params)
-        params, opt_state, ema_params = update_if_finite(finite, lambda _: update(*old, grads), old)
+        params, opt_state, ema_params = update_if_finite(
+            finite, lambda _: update(*old, grads, grad_norm), old
+        )
         new_state = TrainState(
             step=state.step + 1,
             params=params,

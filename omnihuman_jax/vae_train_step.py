@@ -209,11 +209,11 @@ def make_vae_train_step(
         x = frames_to_unit_range(frames)
         rng = jax.random.fold_in(jax.random.key(seed), state.step)
         (loss, parts), grads = jax.value_and_grad(loss_fn, has_aux=True)(state.params, x, rng, region)
-        grad_norm = optax.global_norm(grads)
+        grad_norm = optax.tree.norm(grads)
         finite = jnp.isfinite(loss) & jnp.isfinite(grad_norm)
 
         def apply_update(_):
-            updates, new_opt = optimizer.update(grads, state.opt_state, state.params)
+            updates, new_opt = optimizer.update(grads, state.opt_state, state.params, grad_norm=grad_norm)
             return optax.apply_updates(state.params, updates), new_opt
 
         # A non-finite step keeps params and optimizer state.

@@ -170,3 +170,34 @@ def test_lr_multiplier_pattern_that_matches_no_parameter_is_an_error():
     assert lr_multiplier_tree(params, "") is None
     with pytest.raises(ValueError, match="'pose_guider' matches no parameter path"):
         lr_multiplier_tree(params, "pose_guider=10")
+
+
+@pytest.mark.parametrize("clip", [100.0, 0.5], ids=["below_clip", "clipped"])
+def test_optimizer_given_the_grad_norm_equals_optax_clipping_and_computes_no_norm_itself(clip):
+    """The step passes the norm it already has to the clipping: the same updates and state, to the bit,
+    as optax.clip_by_global_norm computing it, and no reduction over the gradients left in the update."""
+    import optax
+
+    cfg = tiny_config()
+    cfg.optimizer.grad_clip = clip
+    opt = make_optimizer(cfg.optimizer, cfg.total_steps)
+    rng = np.random.default_rng(0)
+    params = {"w": rng.normal(size=(8, 4)).astype(np.float32), "b": rng.normal(size=(4,)).astype(np.float32)}
+    grads = jax.tree.map(lambda p: np.asarray(rng.normal(size=p.shape), np.float32), params)
+    state = opt.init(params)
+    norm = optax.tree.norm(grads)
+    assert (float(norm) > clip) == (clip == 0.5)
+    given = opt.update(grads, state, params, grad_norm=norm)
+    computed = opt.update(grads, state, params)  # optax's own clip_by_global_norm inside
+    for a, b in zip(jax.tree.leaves(given), jax.tree.leaves(computed), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+    def reductions(jaxpr) -> int:
+        inner = [getattr(v, "jaxpr", v) for e in jaxpr.eqns for v in e.params.values()]
+        nested = sum(reductions(j) for j in inner if hasattr(j, "eqns"))
+        return nested + sum(e.primitive.name == "reduce_sum" for e in jaxpr.eqns)
+
+    def update_jaxpr(**extra):
+        return jax.make_jaxpr(lambda g: opt.update(g, state, params, **extra))(grads).jaxpr
+
+    assert reductions(update_jaxpr()) > 0 and reductions(update_jaxpr(grad_norm=norm)) == 0
