@@ -108,13 +108,16 @@ def _bucket_metrics(per_sample: jax.Array, t: jax.Array, n: int) -> dict[str, ja
 def make_update(optimizer: optax.GradientTransformation, config: Any) -> Callable:
     """(params, opt_state, ema_params, grads, grad_norm) -> the three updated: optimizer step, then the EMA.
 
-    grad_norm: `optax.tree.norm(grads)`, which the step already has; None lets the clipping compute it.
+    grad_norm: `optax.tree.norm(grads)`, which the step already has. It reaches the optimizer (whose
+    clipping then skips its own norm, `train_state.clip_by_global_norm`) only if the optimizer takes extra
+    arguments; a plain optax transformation computes what it needs itself.
     """
     ema_decay = float(config.optimizer.ema_decay)
     multipliers = config.optimizer.get("lr_multipliers", "")
+    takes_extra = isinstance(optimizer, optax.GradientTransformationExtraArgs)
 
     def update(params, opt_state, ema_params, grads, grad_norm=None):
-        extra = {} if grad_norm is None else {"grad_norm": grad_norm}
+        extra = {"grad_norm": grad_norm} if takes_extra and grad_norm is not None else {}
         updates, new_opt = optimizer.update(grads, opt_state, params, **extra)
         # Per-parameter rate multipliers scale the final updates (weight decay included), which is a
         # per-parameter learning rate; the optimizer state is the same with or without them.
