@@ -5,7 +5,8 @@
 Issues 2 and 7 ask the small preset's CPU step for at least 70% MFU against the measured matmul peak.
 This script bounds what any XLA:CPU step of this model can reach. It traces one real train step (the
 one `benchmarks/train_step.py` times: forward, backward, AdamW, clipping, EMA), walks its jaxpr (a scan
-multiplies its body by its length, a `lax.cond` counts its cheapest branch) and collects every
+multiplies its body by its length, a `lax.cond` counts its cheapest branch, a `while` loop, whose trip
+count is not static, counts its body once, which can only lower the floor) and collects every
 `dot_general` and convolution with its operand shapes. Each distinct product is then run alone with XLA at
 those shapes, its inputs hot in cache, and its best time over `--rounds` sweeps kept, less the cost of
 calling a trivial jitted function with the same arguments. The optimizer update

@@ -101,7 +101,7 @@ def build_our_step(args) -> dict:
     """Our jitted train step and its inputs for `args` (preset, stage, batch, remat, dtype, attention...).
 
     Returns step (jit_train_step's callable), state, device_batch, config, flops (model FLOPs per step),
-    and what benchmarks.step_floor needs to trace it: step_fn (unjitted), optimizer, mesh, rules.
+    and what benchmarks.step_floor needs besides: optimizer, mesh, rules.
     """
     import jax
     import numpy as np
@@ -134,9 +134,8 @@ def build_our_step(args) -> dict:
     batch["condition_mask"][:] = True
     batch["text_mask"][:] = True
     state, shardings = init_train_state(model, optimizer, sample_model_inputs(batch), 0, mesh, rules)
-    step_fn = make_train_step(model, optimizer, config, 1.0, lr_schedule(config.optimizer, 100))
     step = jit_train_step(
-        step_fn,
+        make_train_step(model, optimizer, config, 1.0, lr_schedule(config.optimizer, 100)),
         shardings,
         batch,
         mesh,
@@ -145,7 +144,6 @@ def build_our_step(args) -> dict:
     parts = dict(audio=False, pose=False) if args.no_audio_pose else {}
     return dict(
         step=step,
-        step_fn=step_fn,
         state=state,
         device_batch=shd.shard_batch(batch, mesh),
         config=config,

@@ -201,3 +201,22 @@ def test_optimizer_given_the_grad_norm_equals_optax_clipping_and_computes_no_nor
         return jax.make_jaxpr(lambda g: opt.update(g, state, params, **extra))(grads).jaxpr
 
     assert reductions(update_jaxpr()) > 0 and reductions(update_jaxpr(grad_norm=norm)) == 0
+
+
+def test_update_of_a_plain_optax_transformation_ignores_the_grad_norm_it_cannot_take():
+    """make_update passes the norm only to optimizers that take extra arguments (make_optimizer's)."""
+    import optax
+
+    from omnihuman_jax.train_step import make_update
+
+    cfg = tiny_config()
+    plain = optax.scale(-0.1)  # an optax.GradientTransformation without extra-argument support
+    assert not isinstance(plain, optax.GradientTransformationExtraArgs)
+    params = {"w": np.arange(4, dtype=np.float32)}
+    grads = {"w": np.ones(4, np.float32)}
+    update = make_update(plain, cfg)
+    with_norm = update(params, plain.init(params), params, grads, optax.tree.norm(grads))
+    without = update(params, plain.init(params), params, grads)
+    for a, b in zip(jax.tree.leaves(with_norm), jax.tree.leaves(without), strict=True):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+    np.testing.assert_allclose(np.asarray(with_norm[0]["w"]), np.arange(4) - 0.1, rtol=1e-6)
